@@ -1,0 +1,1 @@
+"""The audit trail: every change, by whom and when; append-only."""

@@ -1,0 +1,72 @@
+"""``/api/v1/audit-logs``: search, read, soft-delete and export the trail (ADMIN only)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+from fastapi.responses import StreamingResponse
+
+from fund.audit import export
+from fund.audit.schemas import AuditFilters, AuditLogRead
+from fund.audit.service import AuditService
+from fund.auth.dependencies import ActorDep, AdminUser
+from fund.deps import AuditServiceDep, ResourcesDep
+from fund.kit.params import Cursor, Limit, PathId
+from fund.kit.schemas import PageOut
+
+router = APIRouter(prefix="/audit-logs", tags=["audit"])
+
+Filters = Annotated[AuditFilters, Query()]
+
+
+@router.get("", response_model=PageOut[AuditLogRead])
+async def list_audit_logs(
+    filters: Filters,
+    _: AdminUser,
+    audit: AuditServiceDep,
+    limit: Limit = 20,
+    cursor: Cursor = None,
+) -> PageOut[AuditLogRead]:
+    """Newest first (`timestamp DESC, id DESC`); `since` inclusive, `until` exclusive."""
+    page = await audit.page(filters, limit=limit, cursor=cursor)
+    return PageOut[AuditLogRead].of(page, AuditLogRead.model_validate)
+
+
+@router.get("/export", response_class=StreamingResponse)
+async def export_audit_logs(
+    filters: Filters,
+    _: AdminUser,
+    resources: ResourcesDep,
+    format: Annotated[export.ExportFormat, Query()] = export.ExportFormat.JSONL,
+) -> StreamingResponse:
+    """Every matching entry in page order, streamed in constant memory."""
+
+    async def body() -> AsyncIterator[bytes]:
+        # Its own session: the stream outlives the request's unit of work.
+        async with resources.sessions() as session:
+            if format is export.ExportFormat.CSV:
+                yield export.csv_header()
+            encode = export.csv_rows if format is export.ExportFormat.CSV else export.jsonl
+            async for batch in AuditService(session, resources.cursors).export(filters):
+                yield encode(batch)
+
+    return StreamingResponse(
+        body(),
+        media_type=export.MEDIA_TYPES[format],
+        headers={"Content-Disposition": f'attachment; filename="audit-logs.{format.value}"'},
+    )
+
+
+@router.get("/{entry_id}", response_model=AuditLogRead)
+async def read_audit_log(entry_id: PathId, _: AdminUser, audit: AuditServiceDep) -> AuditLogRead:
+    return AuditLogRead.model_validate(await audit.get(entry_id))
+
+
+@router.delete("/{entry_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def soft_delete_audit_log(
+    entry_id: PathId, _: AdminUser, actor: ActorDep, audit: AuditServiceDep
+) -> None:
+    """Soft delete: the entry stays, flagged `is_deleted`; the deletion is audited."""
+    await audit.soft_delete(actor, entry_id)

@@ -1,0 +1,135 @@
+"""All SQL on ``audit_logs``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import BigInteger, Row, Select, bindparam, func, select, true, update
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+
+from fund.audit.schemas import AuditFilters
+from fund.kit.pagination import Keyset, Page, Position, keyset_page
+from fund.models import AuditLog
+
+KEYSET = Keyset(AuditLog.timestamp, AuditLog.id)
+EXPORT_BATCH = 5_000
+EXPORT_COLUMNS = (
+    "id",
+    "timestamp",
+    "user_id",
+    "action",
+    "resource_type",
+    "resource_id",
+    "details",
+    "ip_address",
+    "user_agent",
+    "request_id",
+    "is_deleted",
+)
+
+
+class AuditRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, entry: AuditLog) -> AuditLog:
+        self.session.add(entry)
+        # Written now, inside the change's transaction: if it cannot be written the change fails.
+        await self.session.flush([entry])
+        return entry
+
+    async def get(self, entry_id: int) -> AuditLog | None:
+        return await self.session.get(AuditLog, entry_id)
+
+    async def soft_delete(self, entry_id: int) -> bool:
+        """Mark an entry deleted; False when it does not exist or already is."""
+        result = await self.session.execute(
+            update(AuditLog)
+            .where(AuditLog.id == entry_id, AuditLog.is_deleted.is_(False))
+            .values(is_deleted=True)
+            .returning(AuditLog.id)
+        )
+        return result.scalar_one_or_none() is not None
+
+    def _filtered(self, filters: AuditFilters) -> Select[AuditLog]:
+        stmt = select(AuditLog)
+        if not filters.include_deleted:
+            stmt = stmt.where(AuditLog.is_deleted.is_(False))
+        if filters.user_id is not None:
+            stmt = stmt.where(AuditLog.user_id == filters.user_id)
+        if filters.action is not None:
+            stmt = stmt.where(AuditLog.action == filters.action.value)
+        if filters.resource_type is not None:
+            stmt = stmt.where(AuditLog.resource_type == filters.resource_type.value)
+        if filters.resource_id is not None:
+            stmt = stmt.where(AuditLog.resource_id == filters.resource_id)
+        if filters.since is not None:
+            stmt = stmt.where(AuditLog.timestamp >= filters.since)
+        if filters.until is not None:
+            stmt = stmt.where(AuditLog.timestamp < filters.until)
+        return stmt
+
+    async def page(
+        self, filters: AuditFilters, *, limit: int, position: Position | None, encode: Any
+    ) -> Page[AuditLog]:
+        return await keyset_page(
+            self.session,
+            self._filtered(filters),
+            KEYSET,
+            limit=limit,
+            position=position,
+            encode=encode,
+            key_of=lambda e: (e.timestamp, e.id),
+        )
+
+    async def stream_rows(self, filters: AuditFilters) -> AsyncIterator[Sequence[Row[Any]]]:
+        """Every matching entry in page order, as plain rows in batches from a server-side cursor.
+
+        Rows, not ORM objects: nothing accumulates in the identity map, so memory stays flat.
+        """
+        columns = [AuditLog.__table__.c[name] for name in EXPORT_COLUMNS]
+        stmt = (
+            self._filtered(filters)
+            .with_only_columns(*columns)
+            .order_by(AuditLog.timestamp.desc(), AuditLog.id.desc())
+            .execution_options(yield_per=EXPORT_BATCH)
+        )
+        result = await self.session.stream(stmt)
+        async for batch in result.partitions():
+            yield batch
+
+    async def latest_by_actors(self, user_ids: Sequence[int], per_user: int) -> list[AuditLog]:
+        """Each actor's ``per_user`` newest entries, in one statement (LATERAL, index-backed)."""
+        if not user_ids:
+            return []
+        ids = bindparam("ids", value=list(user_ids), type_=ARRAY(BigInteger))
+        actors = func.unnest(ids).table_valued("id").render_derived(name="actor")
+        latest = (
+            select(AuditLog)
+            .where(AuditLog.user_id == actors.c.id, AuditLog.is_deleted.is_(False))
+            .order_by(AuditLog.timestamp.desc(), AuditLog.id.desc())
+            .limit(per_user)
+            .lateral("latest")
+        )
+        entry = aliased(AuditLog, latest)
+        result = await self.session.scalars(select(entry).select_from(actors).join(latest, true()))
+        return list(result.all())
+
+    async def counts(self) -> dict[str, Any]:
+        total, last_24h = (
+            await self.session.execute(
+                select(
+                    func.count(),
+                    func.count().filter(AuditLog.timestamp >= func.now() - timedelta(hours=24)),
+                ).select_from(AuditLog)
+            )
+        ).one()
+        rows = await self.session.execute(
+            select(AuditLog.action, func.count()).group_by(AuditLog.action)
+        )
+        by_action = dict(rows.tuples().all())
+        return {"total": total, "last_24h": last_24h, "by_action": by_action}

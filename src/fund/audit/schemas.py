@@ -1,0 +1,60 @@
+"""Audit API shapes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from ipaddress import IPv4Address, IPv6Address
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+
+class Action(StrEnum):
+    CREATE = "CREATE"
+    UPDATE = "UPDATE"
+    DELETE = "DELETE"
+    LOGIN = "LOGIN"
+    LOGIN_FAILED = "LOGIN_FAILED"
+
+
+class ResourceType(StrEnum):
+    USER = "user"
+    AUDIT_LOG = "audit_log"
+
+
+class AuditLogRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    timestamp: datetime
+    user_id: int | None
+    action: str
+    resource_type: str
+    resource_id: str
+    details: dict[str, Any]
+    ip_address: str | None
+    user_agent: str | None
+    request_id: str | None
+    is_deleted: bool
+
+    @field_validator("ip_address", mode="before")
+    @classmethod
+    def _ip_as_text(cls, value: object) -> object:
+        if isinstance(value, IPv4Address | IPv6Address):
+            return str(value)
+        return value
+
+
+class AuditFilters(BaseModel):
+    """Filters of ``GET /audit-logs`` and its export; also part of a cursor's scope."""
+
+    model_config = ConfigDict(frozen=True)
+
+    user_id: int | None = Field(default=None, ge=1, le=2**63 - 1)
+    action: Action | None = None
+    resource_type: ResourceType | None = None
+    resource_id: str | None = Field(default=None, min_length=1, max_length=64)
+    since: AwareDatetime | None = None
+    until: AwareDatetime | None = None
+    include_deleted: bool = False

@@ -1,0 +1,101 @@
+"""Audit rules: what an entry says, who may see it, and the soft delete."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from ipaddress import ip_address
+from typing import Any
+
+from sqlalchemy import Row
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fund.audit.repository import AuditRepository
+from fund.audit.schemas import Action, AuditFilters, ResourceType
+from fund.errors import BadCursor, NotFound
+from fund.kit.pagination import CursorCodec, InvalidCursor, Page, page_scope
+from fund.models import AuditLog
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who made a change and from where: the context every audit entry records."""
+
+    user_id: int | None
+    ip_address: str | None
+    user_agent: str | None
+    request_id: str | None
+
+    def as_user(self, user_id: int) -> Actor:
+        return Actor(user_id, self.ip_address, self.user_agent, self.request_id)
+
+
+def _valid_ip(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return str(ip_address(value))
+    except ValueError:
+        return None
+
+
+class AuditService:
+    def __init__(self, session: AsyncSession, cursors: CursorCodec) -> None:
+        self.repository = AuditRepository(session)
+        self.cursors = cursors
+
+    async def record(
+        self,
+        actor: Actor,
+        action: Action,
+        resource_type: ResourceType,
+        resource_id: str | int,
+        details: dict[str, Any] | None = None,
+    ) -> AuditLog:
+        """Write an entry in the caller's transaction: it commits or rolls back with the change."""
+        return await self.repository.add(
+            AuditLog(
+                user_id=actor.user_id,
+                action=action.value,
+                resource_type=resource_type.value,
+                resource_id=str(resource_id),
+                details=details or {},
+                ip_address=_valid_ip(actor.ip_address),
+                user_agent=actor.user_agent[:512] if actor.user_agent else None,
+                request_id=actor.request_id,
+            )
+        )
+
+    async def get(self, entry_id: int) -> AuditLog:
+        entry = await self.repository.get(entry_id)
+        if entry is None:
+            raise NotFound("Audit log entry not found")
+        return entry
+
+    async def page(
+        self, filters: AuditFilters, *, limit: int, cursor: str | None
+    ) -> Page[AuditLog]:
+        scope = page_scope("audit-logs", filters.model_dump(mode="json"))
+        try:
+            position = self.cursors.decode(scope, cursor) if cursor is not None else None
+        except InvalidCursor as exc:
+            raise BadCursor from exc
+        return await self.repository.page(
+            filters,
+            limit=limit,
+            position=position,
+            encode=lambda p: self.cursors.encode(scope, p),
+        )
+
+    async def soft_delete(self, actor: Actor, entry_id: int) -> None:
+        """Hide an entry from default listings; the row stays and the deletion is itself audited."""
+        if not await self.repository.soft_delete(entry_id):
+            await self.get(entry_id)  # 404 when it does not exist
+            return  # already deleted: idempotent, nothing new to record
+        await self.record(actor, Action.DELETE, ResourceType.AUDIT_LOG, entry_id)
+
+    def export(self, filters: AuditFilters) -> AsyncIterator[Sequence[Row[Any]]]:
+        return self.repository.stream_rows(filters)
+
+    async def latest_by_actors(self, user_ids: Sequence[int], per_user: int) -> list[AuditLog]:
+        return await self.repository.latest_by_actors(user_ids, per_user)

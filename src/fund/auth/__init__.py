@@ -1,0 +1,1 @@
+"""Login, access tokens and the role checks every route uses."""

@@ -1,0 +1,45 @@
+"""``/api/v1/auth``: the OAuth2 password flow (the /docs Authorize button uses it)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+from fastapi.security import OAuth2PasswordRequestForm
+
+from fund.auth.schemas import TokenOut
+from fund.auth.service import AuthService
+from fund.deps import AnonymousActorDep, ResourcesDep, SessionDep
+from fund.errors import error_response
+
+router = APIRouter(prefix="/auth", tags=["auth"])
+
+
+@router.post(
+    "/token",
+    response_model=TokenOut,
+    responses={
+        401: {"description": "Unknown email, wrong password or deactivated account"},
+        429: {"description": "Too many failed attempts for this account"},
+    },
+)
+async def issue_token(
+    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    actor: AnonymousActorDep,
+    session: SessionDep,
+    resources: ResourcesDep,
+) -> TokenOut | JSONResponse:
+    service = AuthService(
+        session,
+        resources.throttle,
+        resources.cursors,
+        token_key=resources.token_key,
+        token_minutes=resources.settings.access_token_minutes,
+    )
+    outcome = await service.login(actor, form.username, form.password)
+    if outcome.refusal is not None:
+        # Returned, not raised: the LOGIN_FAILED entry must commit with this request.
+        return error_response(outcome.refusal)
+    assert outcome.token is not None
+    return TokenOut(access_token=outcome.token.token, expires_in=outcome.token.expires_in)

@@ -1,0 +1,91 @@
+"""Login and token checks. Failures are audited and committed like any change."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fund.audit.schemas import Action, ResourceType
+from fund.audit.service import Actor, AuditService
+from fund.auth.throttle import LoginThrottle
+from fund.errors import InvalidCredentials, NotAuthenticated, NotFound, TooManyAttempts
+from fund.kit.pagination import CursorCodec
+from fund.kit.security import (
+    AccessToken,
+    InvalidToken,
+    issue_access_token,
+    read_access_token,
+    verify_password,
+)
+from fund.users.repository import UserRepository
+from fund.users.schemas import UserRead
+from fund.users.service import UserService
+
+MAX_EMAIL_CHARS = 320
+
+
+@dataclass(frozen=True, slots=True)
+class LoginOutcome:
+    """A login either yields a token or a refusal that must still be committed (its audit entry)."""
+
+    token: AccessToken | None
+    refusal: InvalidCredentials | None
+
+
+class AuthService:
+    def __init__(
+        self,
+        session: AsyncSession,
+        throttle: LoginThrottle,
+        cursors: CursorCodec,
+        *,
+        token_key: bytes,
+        token_minutes: int,
+    ) -> None:
+        self.users = UserRepository(session)
+        self.audit = AuditService(session, cursors)
+        self.throttle = throttle
+        self.token_key = token_key
+        self.token_minutes = token_minutes
+
+    async def login(self, actor: Actor, email: str, password: str) -> LoginOutcome:
+        email = email.strip().lower()[:MAX_EMAIL_CHARS]
+        retry_after = await self.throttle.retry_after(email)
+        if retry_after:
+            raise TooManyAttempts(retry_after)
+
+        user = await self.users.get_by_email(email)
+        # Verified even for an unknown email (against a dummy hash): same time either way.
+        password_ok = verify_password(password, user.hashed_password if user else None)
+        if user is None or not password_ok or not user.is_active:
+            await self.throttle.failed(email)
+            await self.audit.record(
+                actor,
+                Action.LOGIN_FAILED,
+                ResourceType.USER,
+                user.id if user else "",
+                {"email": email},
+            )
+            return LoginOutcome(None, InvalidCredentials())
+
+        await self.throttle.succeeded(email)
+        await self.audit.record(actor.as_user(user.id), Action.LOGIN, ResourceType.USER, user.id)
+        return LoginOutcome(issue_access_token(self.token_key, user.id, self.token_minutes), None)
+
+
+async def authenticate(token: str | None, *, token_key: bytes, users: UserService) -> UserRead:
+    """The active user a bearer token belongs to, read fresh (cache invalidated on change)."""
+    if not token:
+        raise NotAuthenticated
+    try:
+        user_id = read_access_token(token_key, token)
+    except InvalidToken as exc:
+        raise NotAuthenticated from exc
+    try:
+        user = (await users.get(user_id)).user
+    except NotFound as exc:
+        raise NotAuthenticated from exc
+    if not user.is_active:
+        raise NotAuthenticated
+    return user

@@ -1,0 +1,84 @@
+"""Account set-up outside HTTP: ``fund users create`` and the first development ADMIN."""
+
+from __future__ import annotations
+
+import getpass
+import socket
+
+from pydantic import ValidationError
+
+from fund.audit.service import Actor
+from fund.config import Settings
+from fund.db import commit, create_engine, create_sessionmaker
+from fund.errors import FundError
+from fund.kit.cache import Cache
+from fund.kit.pagination import CursorCodec
+from fund.kit.security import derive_key
+from fund.users.schemas import UserCreate
+from fund.users.service import UserService
+
+FIRST_ADMIN_EMAIL = "admin@fund.local"
+
+
+class CreateUserFailed(Exception):
+    """A clear, one-line reason for the command line."""
+
+
+def _cli_actor() -> Actor:
+    # No HTTP request: the entry records the operator's login and host instead.
+    return Actor(
+        user_id=None,
+        ip_address=None,
+        user_agent=f"fund-cli ({getpass.getuser()}@{socket.gethostname()})",
+        request_id=None,
+    )
+
+
+async def create_user(
+    settings: Settings, email: str, password: str, role: str, full_name: str | None
+) -> int:
+    try:
+        name = full_name or email.split("@", maxsplit=1)[0]
+        data = UserCreate(email=email, password=password, role=role, full_name=name)
+    except ValidationError as exc:
+        reasons = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise CreateUserFailed(reasons) from exc
+    assert settings.database_url is not None
+    engine = create_engine(settings.database_url, settings)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            service = UserService(
+                session,
+                Cache(None),
+                CursorCodec(derive_key(settings.secret(), "cursor")),
+                cache_ttl=settings.cache_user_ttl,
+            )
+            try:
+                user = await service.create(_cli_actor(), data)
+            except FundError as exc:
+                raise CreateUserFailed(exc.detail) from exc
+            await commit(session)
+            return user.id
+    finally:
+        await engine.dispose()
+
+
+async def create_first_admin(settings: Settings) -> tuple[str, str] | None:
+    """An empty development database gets one ADMIN with a random password, printed once."""
+    assert settings.database_url is not None
+    engine = create_engine(settings.database_url, settings)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            service = UserService(
+                session,
+                Cache(None),
+                CursorCodec(derive_key(settings.secret(), "cursor")),
+                cache_ttl=settings.cache_user_ttl,
+            )
+            created = await service.create_first_admin(_cli_actor(), FIRST_ADMIN_EMAIL)
+            await commit(session)
+    finally:
+        await engine.dispose()
+    if created is None:
+        return None
+    return created[0].email, created[1]

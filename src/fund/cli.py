@@ -1,0 +1,189 @@
+"""The ``fund`` command: serve, db, users, seed, bench."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+
+from alembic import command
+from pydantic import ValidationError
+
+from fund.config import Environment, Settings, UnsafeSettingsError, get_settings
+from fund.db import alembic_config
+from fund.kit import embedded
+from fund.kit.logging import configure_logging
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = get_settings()
+    except (UnsafeSettingsError, ValidationError) as exc:
+        print(f"fund: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    configure_logging(json=settings.logs_as_json, level=settings.log_level)
+    try:
+        code = args.handler(args, settings)
+    except KeyboardInterrupt:
+        code = 130
+    finally:
+        embedded.stop_all()
+    raise SystemExit(code or 0)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fund", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="apply pending migrations, then serve the HTTP API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.set_defaults(handler=_serve)
+
+    db = sub.add_parser("db", help="database migrations (Alembic)")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser("upgrade", help="apply every pending migration").set_defaults(
+        handler=_db_upgrade
+    )
+    down = db_sub.add_parser("downgrade", help="revert to revision REV (e.g. 003, base)")
+    down.add_argument("revision")
+    down.set_defaults(handler=_db_downgrade)
+    db_sub.add_parser("current", help="show the applied revision").set_defaults(handler=_db_current)
+
+    users = sub.add_parser("users", help="manage users")
+    users_sub = users.add_subparsers(dest="users_command", required=True)
+    create = users_sub.add_parser("create", help="create a user and print its id")
+    create.add_argument("--email", required=True)
+    create.add_argument("--password", required=True)
+    create.add_argument("--role", required=True, choices=["ADMIN", "ANALYST", "VIEWER"])
+    create.add_argument("--full-name", default=None)
+    create.set_defaults(handler=_users_create)
+
+    seed = sub.add_parser("seed", help="bulk synthetic data through COPY")
+    seed.add_argument("--users", type=int, required=True)
+    seed.add_argument("--audit-logs", type=int, required=True)
+    seed.add_argument("--seed", type=int, default=42)
+    seed.set_defaults(handler=_seed)
+
+    bench = sub.add_parser("bench", help="run the benchmark scenarios and write the report")
+    bench.set_defaults(handler=_bench)
+    _add_bench_arguments(bench)
+    return parser
+
+
+def database_url(settings: Settings) -> str:
+    """The configured database, or the embedded one started now (development only)."""
+    if settings.database_url:
+        return settings.database_url
+    url = embedded.start_postgres(settings.data_dir)
+    os.environ["FUND_DATABASE_URL"] = url  # worker processes and the app read it
+    return url
+
+
+def _settings_with_database(settings: Settings) -> Settings:
+    url = database_url(settings)
+    get_settings.cache_clear()
+    return settings.model_copy(update={"database_url": url})
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    settings = _settings_with_database(settings)
+    if (
+        settings.redis_url is None
+        and settings.env is Environment.DEVELOPMENT
+        and not embedded.redis_answers(settings.effective_redis_url())
+    ):
+        os.environ["FUND_REDIS_URL"] = embedded.start_valkey(settings.data_dir)
+        get_settings.cache_clear()
+    assert settings.database_url is not None
+    command.upgrade(alembic_config(settings.database_url), "head")
+    if settings.env is Environment.DEVELOPMENT:
+        asyncio.run(_first_admin(settings))
+    if args.workers > 1:
+        # Each worker writes its metric samples here; /metrics sums them (docs/OPERATIONS.md).
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="fund-metrics-")
+    uvicorn.run(
+        "fund.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_config=None,
+        access_log=False,
+        proxy_headers=settings.trust_forwarded_for,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+async def _first_admin(settings: Settings) -> None:
+    from fund.bootstrap import create_first_admin
+
+    created = await create_first_admin(settings)
+    if created is not None:
+        email, password = created
+        print(
+            f"\nCreated the first ADMIN (development only):\n  email:    {email}\n"
+            f"  password: {password}\n",
+            file=sys.stderr,
+        )
+
+
+def _db_upgrade(_: argparse.Namespace, settings: Settings) -> int:
+    command.upgrade(alembic_config(database_url(settings)), "head")
+    return 0
+
+
+def _db_downgrade(args: argparse.Namespace, settings: Settings) -> int:
+    command.downgrade(alembic_config(database_url(settings)), args.revision)
+    return 0
+
+
+def _db_current(_: argparse.Namespace, settings: Settings) -> int:
+    command.current(alembic_config(database_url(settings)), verbose=False)
+    return 0
+
+
+def _users_create(args: argparse.Namespace, settings: Settings) -> int:
+    from fund.bootstrap import CreateUserFailed, create_user
+
+    settings = _settings_with_database(settings)
+    try:
+        user_id = asyncio.run(
+            create_user(settings, args.email, args.password, args.role, args.full_name)
+        )
+    except CreateUserFailed as exc:
+        print(f"fund: {exc}", file=sys.stderr)
+        return 1
+    print(user_id)
+    return 0
+
+
+def _seed(args: argparse.Namespace, settings: Settings) -> int:
+    from fund.seed import run_seed
+
+    settings = _settings_with_database(settings)
+    return run_seed(settings, users=args.users, audit_logs=args.audit_logs, seed=args.seed)
+
+
+def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    try:
+        from fund.bench import add_arguments
+    except ImportError:
+        return
+    add_arguments(parser)
+
+
+def _bench(args: argparse.Namespace, settings: Settings) -> int:
+    from fund.bench import run_bench
+
+    settings = _settings_with_database(settings)
+    return run_bench(settings, args)

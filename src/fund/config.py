@@ -1,0 +1,116 @@
+"""Settings: environment variables with the ``FUND_`` prefix, and an optional ``.env``."""
+
+from __future__ import annotations
+
+import secrets
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+
+import structlog
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+class UnsafeSettingsError(RuntimeError):
+    """A production process was asked to start with a development-only default."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FUND_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    env: Environment = Environment.DEVELOPMENT
+    database_url: str | None = None
+    """``postgresql+asyncpg://…``; unset runs an embedded PostgreSQL under ``data_dir``."""
+    redis_url: str | None = None
+    """Unset: ``redis://127.0.0.1:6379/0``; in development an embedded server if none answers."""
+    secret_key: SecretStr | None = None
+    """Signs access tokens and cursors. Unset: a random key kept under ``data_dir``."""
+    data_dir: Path = Path(".fund")
+    access_token_minutes: int = Field(default=30, ge=1, le=24 * 60)
+    cache_user_ttl: int = Field(default=300, ge=1)
+    cache_stats_ttl: int = Field(default=3600, ge=1)
+    docs_enabled: bool | None = None
+    """Serve ``/docs``; defaults to on except in production."""
+    behind_tls: bool = False
+    """Set HSTS on responses (the service sits behind a TLS-terminating proxy)."""
+    trust_forwarded_for: bool = False
+    """Take the client IP from ``X-Forwarded-For`` (only behind a proxy that sets it)."""
+
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=10, ge=0)
+    db_pool_timeout: float = Field(default=5.0, gt=0)
+    db_connect_timeout: float = Field(default=5.0, gt=0)
+    db_statement_timeout_ms: int = Field(default=15_000, ge=0)
+    redis_socket_timeout: float = Field(default=0.05, gt=0)
+    """Redis socket timeout in seconds: a hung Redis costs at most this per call."""
+    redis_breaker_cooldown: float = Field(default=2.0, gt=0)
+    """Seconds the cache stays bypassed after a failure before Redis is probed again."""
+
+    login_max_failures: int = Field(default=5, ge=1)
+    login_lockout_seconds: int = Field(default=300, ge=1)
+    log_json: bool | None = None
+    """JSON log lines; defaults to on except in development."""
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Settings:
+        if self.env is Environment.PRODUCTION:
+            missing = []
+            if self.secret_key is None:
+                missing.append("FUND_SECRET_KEY")
+            if self.database_url is None:
+                missing.append("FUND_DATABASE_URL (the embedded database is for development)")
+            if missing:
+                raise UnsafeSettingsError(
+                    "FUND_ENV=production refuses unsafe defaults; set " + ", ".join(missing)
+                )
+            if len(self.secret_key.get_secret_value()) < 32:  # type: ignore[union-attr]
+                raise UnsafeSettingsError("FUND_SECRET_KEY must be at least 32 characters")
+        return self
+
+    @property
+    def is_production(self) -> bool:
+        return self.env is Environment.PRODUCTION
+
+    @property
+    def docs_on(self) -> bool:
+        return self.docs_enabled if self.docs_enabled is not None else not self.is_production
+
+    @property
+    def logs_as_json(self) -> bool:
+        return (
+            self.log_json if self.log_json is not None else self.env is not Environment.DEVELOPMENT
+        )
+
+    def effective_redis_url(self) -> str:
+        return self.redis_url or DEFAULT_REDIS_URL
+
+    def secret(self) -> bytes:
+        """The signing secret; in development a random one is made once and kept on disk."""
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value().encode()
+        path = self.data_dir / "secret_key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(48))
+            path.chmod(0o600)
+            log.warning("secret_key_generated", path=str(path), hint="set FUND_SECRET_KEY")
+        return path.read_text().strip().encode()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

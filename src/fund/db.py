@@ -1,0 +1,91 @@
+"""Engine, sessions and migrations. ``request_session`` is the one place that commits."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from alembic.config import Config
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from fund.config import Settings
+from fund.kit import metrics
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+AfterCommit = Callable[[], Awaitable[None]]
+
+
+def create_engine(url: str, settings: Settings) -> AsyncEngine:
+    engine = create_async_engine(
+        url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout,
+        # A connection broken by a database restart is found and replaced before use.
+        pool_pre_ping=True,
+        connect_args={
+            "timeout": settings.db_connect_timeout,
+            "command_timeout": settings.db_statement_timeout_ms / 1000 or None,
+            "server_settings": {
+                "application_name": "fund",
+                "statement_timeout": str(settings.db_statement_timeout_ms),
+            },
+        },
+    )
+    count_statements(engine)
+    return engine
+
+
+def count_statements(engine: AsyncEngine) -> None:
+    """Count every SQL statement in ``fund_db_queries_total``."""
+
+    def _count(*_: Any) -> None:
+        metrics.DB_QUERIES.inc()
+
+    event.listen(engine.sync_engine, "before_cursor_execute", _count)
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+def after_commit(session: AsyncSession, callback: AfterCommit) -> None:
+    """Run ``callback`` once the request's transaction has committed (cache invalidation)."""
+    session.info.setdefault("after_commit", []).append(callback)
+
+
+async def commit(session: AsyncSession) -> None:
+    """Commit the unit of work, then run what waited for the commit."""
+    callbacks: list[AfterCommit] = session.info.pop("after_commit", [])
+    if session.in_transaction():
+        await session.commit()
+    for callback in callbacks:
+        await callback()
+
+
+async def request_session(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """One session per request, committed exactly once when the endpoint returns."""
+    async with factory() as session:
+        try:
+            yield session
+        except BaseException:
+            session.info.pop("after_commit", None)
+            await session.rollback()
+            raise
+        await commit(session)
+
+
+def alembic_config(url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    # ConfigParser interpolation would read '%' in a URL-encoded password.
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config

@@ -1,0 +1,82 @@
+"""Domain errors, raised by services, and their one mapping to HTTP statuses."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import ClassVar
+
+from fastapi.responses import JSONResponse
+
+
+class FundError(Exception):
+    """Base of every error a service raises on purpose."""
+
+    status = HTTPStatus.BAD_REQUEST
+    detail = "Bad request"
+    default_headers: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail or self.detail)
+        self.detail = detail or self.detail
+        self.headers: dict[str, str] = dict(self.default_headers)
+
+
+class BadCursor(FundError):
+    status = HTTPStatus.BAD_REQUEST
+    detail = "Invalid cursor"
+
+
+class NotAuthenticated(FundError):
+    status = HTTPStatus.UNAUTHORIZED
+    detail = "Could not validate credentials"
+    default_headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": "Bearer"}
+
+
+class InvalidCredentials(NotAuthenticated):
+    detail = "Incorrect email or password"
+
+
+class Forbidden(FundError):
+    status = HTTPStatus.FORBIDDEN
+    detail = "Not allowed for your role"
+
+
+class NotFound(FundError):
+    status = HTTPStatus.NOT_FOUND
+    detail = "Not found"
+
+
+class Conflict(FundError):
+    status = HTTPStatus.CONFLICT
+    detail = "Conflict"
+
+
+class EmailTaken(Conflict):
+    detail = "A user with this email already exists"
+
+
+class LastAdmin(Conflict):
+    detail = "The last active ADMIN cannot be demoted or deactivated"
+
+
+class TooManyAttempts(FundError):
+    status = HTTPStatus.TOO_MANY_REQUESTS
+    detail = "Too many failed login attempts; try again later"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__()
+        self.retry_after = max(1, retry_after)
+        self.headers["Retry-After"] = str(self.retry_after)
+
+
+class Unavailable(FundError):
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+    detail = "Service temporarily unavailable"
+    default_headers: ClassVar[dict[str, str]] = {"Retry-After": "1"}
+
+
+def error_response(error: FundError) -> JSONResponse:
+    """The one HTTP rendering of a domain error."""
+    return JSONResponse(
+        {"detail": error.detail}, status_code=error.status, headers=error.headers or None
+    )

@@ -1,0 +1,154 @@
+"""The application: lifespan (engine, Redis), middleware, routers and the error mapping."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
+
+from fund import __version__
+from fund.audit.endpoints import router as audit_router
+from fund.auth.endpoints import router as auth_router
+from fund.auth.throttle import LoginThrottle
+from fund.config import Settings, get_settings
+from fund.db import create_engine, create_sessionmaker
+from fund.deps import Resources
+from fund.errors import FundError, Unavailable, error_response
+from fund.kit.cache import Cache, create_redis
+from fund.kit.logging import configure_logging
+from fund.kit.pagination import CursorCodec
+from fund.kit.request_context import RequestContextMiddleware
+from fund.kit.security import derive_key
+from fund.ops.endpoints import router as ops_router
+from fund.stats.endpoints import router as stats_router
+from fund.users.endpoints import router as users_router
+
+log = structlog.get_logger(__name__)
+
+API_PREFIX = "/api/v1"
+
+# SQLSTATE classes: 08 connection, 57P0x shutdown/restart, 53 resources, 40 rollback.
+_UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53", "57014")
+_RETRY_SQLSTATES = ("40001", "40P01")
+
+
+def build_resources(settings: Settings) -> Resources:
+    if settings.database_url is None:
+        raise RuntimeError("FUND_DATABASE_URL is not set (the `fund` command starts a database)")
+    engine = create_engine(settings.database_url, settings)
+    redis = create_redis(settings.effective_redis_url(), settings.redis_socket_timeout)
+    cache = Cache(redis, cooldown=settings.redis_breaker_cooldown)
+    secret = settings.secret()
+    return Resources(
+        settings=settings,
+        engine=engine,
+        sessions=create_sessionmaker(engine),
+        cache=cache,
+        cursors=CursorCodec(derive_key(secret, "cursor")),
+        token_key=derive_key(secret, "access-token"),
+        throttle=LoginThrottle(
+            cache,
+            max_failures=settings.login_max_failures,
+            window_seconds=settings.login_lockout_seconds,
+        ),
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(json=settings.logs_as_json, level=settings.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        resources = build_resources(settings)
+        app.state.resources = resources
+        log.info("started", env=settings.env.value)
+        try:
+            yield
+        finally:
+            await resources.cache.close()
+            await resources.engine.dispose()
+
+    app = FastAPI(
+        title="Fund backend",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs" if settings.docs_on else None,
+        redoc_url="/redoc" if settings.docs_on else None,
+        openapi_url="/openapi.json" if settings.docs_on else None,
+    )
+    app.add_middleware(RequestContextMiddleware, hsts=settings.behind_tls)
+    install_error_handlers(app)
+    for router in (auth_router, users_router, audit_router, stats_router):
+        app.include_router(router, prefix=API_PREFIX)
+    app.include_router(ops_router)
+    return app
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(FundError)
+    async def domain_error(_: Request, error: FundError) -> JSONResponse:
+        return error_response(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+        # Inputs are not echoed back: a rejected password must not travel twice.
+        detail = [
+            {"type": e.get("type"), "loc": list(e.get("loc", ())), "msg": e.get("msg")}
+            for e in error.errors()
+        ]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(sa_exc.DBAPIError)
+    async def database_error(_: Request, error: sa_exc.DBAPIError) -> JSONResponse:
+        sqlstate = _sqlstate(error)
+        if sqlstate.startswith(_RETRY_SQLSTATES):
+            return JSONResponse(
+                {"detail": "Concurrent update; retry the request"},
+                status_code=409,
+                headers={"Retry-After": "0"},
+            )
+        if (
+            error.connection_invalidated
+            or sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
+            or not sqlstate
+        ):
+            log.warning("database_unavailable", error=type(error.orig).__name__, sqlstate=sqlstate)
+            return error_response(Unavailable())
+        log.error("database_error", sqlstate=sqlstate, error=str(error.orig)[:500])
+        return JSONResponse({"detail": "Internal server error"}, status_code=500)
+
+    async def unavailable(_: Request, error: Exception) -> JSONResponse:
+        log.warning("database_unavailable", error=type(error).__name__)
+        return error_response(Unavailable())
+
+    for exc_type in (
+        sa_exc.TimeoutError,
+        OSError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.InterfaceError,
+        asyncpg.CannotConnectNowError,
+        TimeoutError,
+    ):
+        app.add_exception_handler(exc_type, unavailable)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, error: Exception) -> JSONResponse:
+        log.exception("unhandled_error", error=type(error).__name__)
+        return JSONResponse({"detail": "Internal server error"}, status_code=500)
+
+
+def _sqlstate(error: sa_exc.DBAPIError) -> str:
+    orig: Any = error.orig
+    for candidate in (orig, getattr(orig, "__cause__", None)):
+        code = getattr(candidate, "sqlstate", None)
+        if isinstance(code, str):
+            return code
+    return ""

@@ -1,0 +1,55 @@
+"""The ``users`` table: platform accounts and their role."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from sqlalchemy import BigInteger, Boolean, DateTime, Enum, String, Text, func
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from fund.models.base import Base
+
+if TYPE_CHECKING:
+    from fund.models.audit_log import AuditLog
+
+
+class Role(StrEnum):
+    ADMIN = "ADMIN"
+    ANALYST = "ANALYST"
+    VIEWER = "VIEWER"
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    """Surrogate key; also the keyset tie-breaker of every users page."""
+    email: Mapped[str] = mapped_column(String(320), nullable=False)
+    """Stored lower-case; unique (``uq_users_email``)."""
+    full_name: Mapped[str] = mapped_column(String(200), nullable=False, server_default="")
+    """Display name, searchable by substring (trigram index)."""
+    hashed_password: Mapped[str] = mapped_column(Text, nullable=False)
+    """argon2id hash in PHC string form; never leaves the server."""
+    role: Mapped[Role] = mapped_column(
+        Enum(Role, name="user_role", values_callable=lambda e: [m.value for m in e]),
+        nullable=False,
+        server_default=Role.VIEWER.value,
+    )
+    """ADMIN, ANALYST or VIEWER; read on every request, so a change applies at once."""
+    is_active: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default="true")
+    """False once deactivated; rows are never deleted."""
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    """Creation time (microseconds); the sort key of users pages."""
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
+    )
+    """Time of the last change."""
+
+    # raiseload: a lazy load is an error, so an N+1 cannot come back unnoticed.
+    audit_logs: Mapped[list[AuditLog]] = relationship(
+        back_populates="actor", lazy="raise", viewonly=True
+    )

@@ -1,0 +1,1 @@
+"""Health, readiness and metrics: what an operator and a load balancer ask."""

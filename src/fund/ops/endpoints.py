@@ -1,0 +1,45 @@
+"""``/healthz``, ``/readyz`` and ``/metrics`` (outside ``/api/v1``: no token)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from fund.deps import ResourcesDep
+from fund.kit import metrics
+
+router = APIRouter(tags=["operations"])
+
+READY_TIMEOUT = 2.0
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """200 while the process runs."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(resources: ResourcesDep) -> JSONResponse:
+    """503 when PostgreSQL does not answer; ``degraded`` when only Redis does not."""
+    database = "ok"
+    try:
+        async with asyncio.timeout(READY_TIMEOUT), resources.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except Exception:
+        database = "down"
+    cache = "ok" if await resources.cache.ping() else "down"
+    ok = database == "ok" and cache == "ok"
+    return JSONResponse(
+        {"status": "ok" if ok else "degraded", "database": database, "cache": cache},
+        status_code=503 if database == "down" else 200,
+    )
+
+
+@router.get("/metrics")
+async def prometheus_metrics() -> Response:
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)

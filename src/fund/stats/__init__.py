@@ -1,0 +1,1 @@
+"""Platform statistics, cached and rebuilt one at a time."""

@@ -1,0 +1,23 @@
+"""``/api/v1/stats`` (ADMIN and ANALYST)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from fund.auth.dependencies import StaffUser
+from fund.deps import ResourcesDep, SessionDep
+from fund.stats.schemas import StatsOut
+from fund.stats.service import StatsService
+
+router = APIRouter(prefix="/stats", tags=["stats"])
+
+
+@router.get("", response_model=StatsOut)
+async def read_stats(
+    _: StaffUser, session: SessionDep, resources: ResourcesDep, response: Response
+) -> StatsOut:
+    """Cached up to `FUND_CACHE_STATS_TTL` seconds (`X-Cache: hit|miss`)."""
+    service = StatsService(session, resources.cache, ttl=resources.settings.cache_stats_ttl)
+    found = await service.get()
+    response.headers["X-Cache"] = "hit" if found.hit else "miss"
+    return found.stats

@@ -1,0 +1,43 @@
+"""Statistics: aggregate queries behind a single-flight cache entry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fund.audit.repository import AuditRepository
+from fund.kit.cache import Cache
+from fund.stats.schemas import AuditStats, StatsOut, UserStats
+from fund.users.repository import UserRepository
+
+CACHE_KIND = "stats"
+CACHE_ID = "global"
+
+
+@dataclass(frozen=True, slots=True)
+class CachedStats:
+    stats: StatsOut
+    hit: bool
+
+
+class StatsService:
+    def __init__(self, session: AsyncSession, cache: Cache, *, ttl: int) -> None:
+        self.users = UserRepository(session)
+        self.audit = AuditRepository(session)
+        self.cache = cache
+        self.ttl = ttl
+
+    async def get(self) -> CachedStats:
+        lookup = await self.cache.get_or_build(CACHE_KIND, CACHE_ID, self.ttl, self._build)
+        assert lookup.value is not None
+        return CachedStats(StatsOut.model_validate_json(lookup.value), lookup.hit)
+
+    async def _build(self) -> bytes:
+        stats = StatsOut(
+            users=UserStats(**await self.users.counts()),
+            audit_logs=AuditStats(**await self.audit.counts()),
+            generated_at=datetime.now(UTC),
+        )
+        return stats.model_dump_json().encode()

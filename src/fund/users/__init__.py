@@ -1,0 +1,1 @@
+"""Platform accounts and their roles."""

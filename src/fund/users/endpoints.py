@@ -1,0 +1,89 @@
+"""``/api/v1/users``: HTTP in, HTTP out; the rules live in the service."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Response, status
+
+from fund.auth.dependencies import ActorDep, AdminUser, CurrentUser, StaffUser
+from fund.deps import UserServiceDep
+from fund.errors import Forbidden
+from fund.kit.params import Cursor, Limit, PathId
+from fund.kit.schemas import PageOut
+from fund.models import Role
+from fund.users.repository import UserFilters
+from fund.users.schemas import (
+    UserCreate,
+    UserRead,
+    UserSelfUpdate,
+    UserUpdate,
+    UserWithAuditRead,
+)
+
+router = APIRouter(prefix="/users", tags=["users"])
+
+
+@router.get("", response_model=PageOut[UserWithAuditRead] | PageOut[UserRead])
+async def list_users(
+    _: StaffUser,
+    users: UserServiceDep,
+    limit: Limit = 20,
+    cursor: Cursor = None,
+    role: Role | None = None,
+    is_active: bool | None = None,
+    q: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
+    include: Annotated[Literal["audit_logs"] | None, Query()] = None,
+) -> PageOut[UserRead] | PageOut[UserWithAuditRead]:
+    """Newest first (`created_at DESC, id DESC`), in cursor pages."""
+    return await users.page(
+        UserFilters(role=role, is_active=is_active, q=q),
+        limit=limit,
+        cursor=cursor,
+        include_audit_logs=include == "audit_logs",
+    )
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=UserRead)
+async def create_user(
+    data: UserCreate, _: AdminUser, actor: ActorDep, users: UserServiceDep
+) -> UserRead:
+    return await users.create(actor, data)
+
+
+@router.get("/me", response_model=UserRead)
+async def read_me(user: CurrentUser) -> UserRead:
+    return user
+
+
+@router.patch("/me", response_model=UserRead)
+async def update_me(
+    data: UserSelfUpdate, user: CurrentUser, actor: ActorDep, users: UserServiceDep
+) -> UserRead:
+    return await users.update(actor, user.id, data)
+
+
+@router.get("/{user_id}", response_model=UserRead)
+async def read_user(
+    user_id: PathId, caller: CurrentUser, users: UserServiceDep, response: Response
+) -> UserRead:
+    if caller.role is Role.VIEWER and caller.id != user_id:
+        raise Forbidden
+    found = await users.get(user_id)
+    response.headers["X-Cache"] = "hit" if found.hit else "miss"
+    return found.user
+
+
+@router.patch("/{user_id}", response_model=UserRead)
+async def update_user(
+    user_id: PathId, data: UserUpdate, _: AdminUser, actor: ActorDep, users: UserServiceDep
+) -> UserRead:
+    return await users.update(actor, user_id, data)
+
+
+@router.delete("/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def deactivate_user(
+    user_id: PathId, _: AdminUser, actor: ActorDep, users: UserServiceDep
+) -> None:
+    """Deactivates the account (`is_active=false`); rows are never removed."""
+    await users.deactivate(actor, user_id)

@@ -1,0 +1,85 @@
+"""Users API shapes. ORM models never leave the service layer as responses."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+from fund.audit.schemas import AuditLogRead
+from fund.models import Role
+
+MIN_PASSWORD = 12
+MAX_PASSWORD = 256
+
+Email = Annotated[EmailStr, Field(max_length=320), AfterValidator(str.lower)]
+Password = Annotated[str, Field(min_length=MIN_PASSWORD, max_length=MAX_PASSWORD)]
+FullName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+
+class UserRead(BaseModel):
+    """A user as the API shows it: no password, no hash."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    email: str
+    full_name: str
+    role: Role
+    is_active: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class UserWithAuditRead(UserRead):
+    recent_audit_logs: list[AuditLogRead]
+
+
+class UserCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    email: Email
+    password: Password
+    full_name: FullName
+    role: Role = Role.VIEWER
+    is_active: bool = True
+
+
+class _Patch(BaseModel):
+    """A partial update: absent fields stay as they are; ``null`` is not a value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            nulls = sorted(k for k, v in data.items() if v is None)
+            if nulls:
+                raise ValueError(f"null is not allowed for: {', '.join(nulls)}")
+        return data
+
+    def changes(self) -> dict[str, Any]:
+        return self.model_dump(exclude_unset=True)
+
+
+class UserUpdate(_Patch):
+    email: Email | None = None
+    full_name: FullName | None = None
+    role: Role | None = None
+    is_active: bool | None = None
+    password: Password | None = None
+
+
+class UserSelfUpdate(_Patch):
+    full_name: FullName | None = None
+    password: Password | None = None

@@ -1,0 +1,219 @@
+"""User rules: who exists, with which role; every change audited in its own transaction."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from fund.audit.schemas import Action, AuditLogRead, ResourceType
+from fund.audit.service import Actor, AuditService
+from fund.db import after_commit
+from fund.errors import BadCursor, EmailTaken, LastAdmin, NotFound
+from fund.kit.cache import Cache
+from fund.kit.pagination import CursorCodec, InvalidCursor, Page, page_scope
+from fund.kit.schemas import PageOut
+from fund.kit.security import hash_password
+from fund.models import Role, User
+from fund.users.repository import UserFilters, UserRepository
+from fund.users.schemas import (
+    UserCreate,
+    UserRead,
+    UserSelfUpdate,
+    UserUpdate,
+    UserWithAuditRead,
+)
+
+CACHE_KIND = "user"
+RECENT_AUDIT_LOGS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class CachedUser:
+    user: UserRead
+    hit: bool
+
+
+class UserService:
+    def __init__(
+        self,
+        session: AsyncSession,
+        cache: Cache,
+        cursors: CursorCodec,
+        *,
+        cache_ttl: int,
+    ) -> None:
+        self.session = session
+        self.repository = UserRepository(session)
+        self.audit = AuditService(session, cursors)
+        self.cache = cache
+        self.cursors = cursors
+        self.cache_ttl = cache_ttl
+
+    # -- reads -------------------------------------------------------------------
+
+    async def get(self, user_id: int) -> CachedUser:
+        """The user by id, from the cache when warm. Authentication reads through here too."""
+        cached = await self.cache.get(CACHE_KIND, user_id)
+        if cached is not None:
+            return CachedUser(UserRead.model_validate_json(cached), hit=True)
+        user = await self.repository.get(user_id)
+        if user is None:
+            raise NotFound("User not found")
+        view = UserRead.model_validate(user)
+        await self.cache.put(CACHE_KIND, user_id, view.model_dump_json().encode(), self.cache_ttl)
+        return CachedUser(view, hit=False)
+
+    async def page(
+        self, filters: UserFilters, *, limit: int, cursor: str | None, include_audit_logs: bool
+    ) -> PageOut[UserRead] | PageOut[UserWithAuditRead]:
+        scope = page_scope(
+            "users",
+            {"role": filters.role, "is_active": filters.is_active, "q": filters.q},
+        )
+        try:
+            position = self.cursors.decode(scope, cursor) if cursor is not None else None
+        except InvalidCursor as exc:
+            raise BadCursor from exc
+        page: Page[User] = await self.repository.page(
+            filters, limit=limit, position=position, encode=lambda p: self.cursors.encode(scope, p)
+        )
+        if not include_audit_logs:
+            return PageOut[UserRead].of(page, UserRead.model_validate)
+        entries = await self.audit.latest_by_actors([u.id for u in page.items], RECENT_AUDIT_LOGS)
+        by_actor: dict[int, list[AuditLogRead]] = {}
+        for entry in entries:  # already newest first within each actor
+            by_actor.setdefault(entry.user_id or 0, []).append(AuditLogRead.model_validate(entry))
+        return PageOut[UserWithAuditRead].from_items(
+            page,
+            [
+                UserWithAuditRead.model_validate(
+                    {
+                        **UserRead.model_validate(u).model_dump(),
+                        "recent_audit_logs": by_actor.get(u.id, []),
+                    }
+                )
+                for u in page.items
+            ],
+        )
+
+    # -- changes -----------------------------------------------------------------
+
+    async def create(self, actor: Actor, data: UserCreate) -> UserRead:
+        if await self.repository.email_taken(data.email):
+            raise EmailTaken
+        user = User(
+            email=data.email,
+            full_name=data.full_name,
+            hashed_password=hash_password(data.password),
+            role=data.role,
+            is_active=data.is_active,
+        )
+        try:
+            await self.repository.add(user)
+        except IntegrityError as exc:  # a concurrent insert of the same email won the race
+            raise EmailTaken from exc
+        view = UserRead.model_validate(user)
+        await self.audit.record(
+            actor,
+            Action.CREATE,
+            ResourceType.USER,
+            user.id,
+            {"after": view.model_dump(mode="json")},
+        )
+        return view
+
+    async def update(
+        self, actor: Actor, user_id: int, data: UserUpdate | UserSelfUpdate
+    ) -> UserRead:
+        requested = data.changes()
+        # Admin rows are locked before the user's row, in one order, so that two
+        # concurrent demotions cannot both pass nor deadlock.
+        admins = (
+            await self.repository.lock_active_admins()
+            if "role" in requested or requested.get("is_active") is False
+            else None
+        )
+        user = await self.repository.get_for_update(user_id)
+        if user is None:
+            raise NotFound("User not found")
+        changes: dict[str, Any] = {}
+
+        if "email" in requested and requested["email"] != user.email:
+            if await self.repository.email_taken(requested["email"], besides=user.id):
+                raise EmailTaken
+            changes["email"] = {"old": user.email, "new": requested["email"]}
+        for field in ("full_name", "role", "is_active"):
+            if field in requested and requested[field] != getattr(user, field):
+                old, new = getattr(user, field), requested[field]
+                changes[field] = {"old": _plain(old), "new": _plain(new)}
+        if admins is not None:
+            self._keep_an_admin(
+                admins,
+                user,
+                role=requested.get("role", user.role),
+                is_active=requested.get("is_active", user.is_active),
+            )
+        if "password" in requested:
+            user.hashed_password = hash_password(requested["password"])
+            changes["password"] = "changed"  # noqa: S105 (a marker, not a secret)
+        if not changes:
+            return UserRead.model_validate(user)
+
+        for field, change in changes.items():
+            if field != "password":
+                setattr(user, field, change["new"] if field != "role" else Role(change["new"]))
+        try:
+            await self.repository.save(user)
+        except IntegrityError as exc:
+            raise EmailTaken from exc
+        await self.audit.record(
+            actor, Action.UPDATE, ResourceType.USER, user.id, {"changes": changes}
+        )
+        self._invalidate_after_commit(user.id)
+        return UserRead.model_validate(user)
+
+    async def deactivate(self, actor: Actor, user_id: int) -> None:
+        admins = await self.repository.lock_active_admins()
+        user = await self.repository.get_for_update(user_id)
+        if user is None:
+            raise NotFound("User not found")
+        if not user.is_active:
+            return  # already deactivated: idempotent
+        self._keep_an_admin(admins, user, role=user.role, is_active=False)
+        user.is_active = False
+        await self.repository.save(user)
+        await self.audit.record(actor, Action.DELETE, ResourceType.USER, user.id)
+        self._invalidate_after_commit(user.id)
+
+    async def create_first_admin(self, actor: Actor, email: str) -> tuple[UserRead, str] | None:
+        """In development, an empty database gets one ADMIN with a random password."""
+        if await self.repository.any_user():
+            return None
+        password = secrets.token_urlsafe(18)
+        view = await self.create(
+            actor,
+            UserCreate(email=email, password=password, full_name="Administrator", role=Role.ADMIN),
+        )
+        return view, password
+
+    @staticmethod
+    def _keep_an_admin(admins: list[int], user: User, *, role: Role, is_active: bool) -> None:
+        """Refuse the change that would leave no active ADMIN."""
+        if role is Role.ADMIN and is_active:
+            return
+        if admins == [user.id]:
+            raise LastAdmin
+
+    def _invalidate_after_commit(self, user_id: int) -> None:
+        async def invalidate() -> None:
+            await self.cache.invalidate(CACHE_KIND, user_id)
+
+        after_commit(self.session, invalidate)
+
+
+def _plain(value: object) -> object:
+    return value.value if isinstance(value, Role) else value
