@@ -17,7 +17,7 @@ from fund.kit.security import derive_key
 from fund.users.schemas import UserCreate
 from fund.users.service import UserService
 
-FIRST_ADMIN_EMAIL = "admin@fund.local"
+FIRST_ADMIN_EMAIL = "admin@example.com"
 
 
 class CreateUserFailed(Exception):

@@ -39,7 +39,7 @@ class AuditRepository:
     async def add(self, entry: AuditLog) -> AuditLog:
         self.session.add(entry)
         # Written now, inside the change's transaction: if it cannot be written the change fails.
-        await self.session.flush([entry])
+        await self.session.flush()
         return entry
 
     async def get(self, entry_id: int) -> AuditLog | None:

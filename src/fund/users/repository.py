@@ -48,12 +48,12 @@ class UserRepository:
 
     async def add(self, user: User) -> User:
         self.session.add(user)
-        await self.session.flush([user])
+        await self.session.flush()
         await self.session.refresh(user)  # server defaults: created_at, updated_at
         return user
 
     async def save(self, user: User) -> User:
-        await self.session.flush([user])
+        await self.session.flush()
         await self.session.refresh(user, ["updated_at"])
         return user
 
