@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, Row, Select, bindparam, func, select, true, update
+from sqlalchemy import BigInteger, Row, Select, bindparam, func, select, text, true, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -17,6 +17,12 @@ from fund.models import AuditLog
 
 KEYSET = Keyset(AuditLog.timestamp, AuditLog.id)
 EXPORT_BATCH = 5_000
+# A stream must start at once and hold nothing: only an index can deliver page order, never a
+# Sort of the whole match set (planned for full retrieval, the cost model would pick one).
+EXPORT_PLANNER_SETTINGS = (
+    "SELECT set_config('enable_sort', 'off', true), "
+    "set_config('enable_incremental_sort', 'off', true)"
+)
 EXPORT_COLUMNS = (
     "id",
     "timestamp",
@@ -86,21 +92,31 @@ class AuditRepository:
             key_of=lambda e: (e.timestamp, e.id),
         )
 
-    async def stream_rows(self, filters: AuditFilters) -> AsyncIterator[Sequence[Row[Any]]]:
-        """Every matching entry in page order, as plain rows in batches from a server-side cursor.
-
-        Rows, not ORM objects: nothing accumulates in the identity map, so memory stays flat.
-        """
+    def export_statement(self, filters: AuditFilters) -> Select[Any]:
+        """The export's query: the page query's filters and order, plain columns, no limit."""
         columns = [AuditLog.__table__.c[name] for name in EXPORT_COLUMNS]
-        stmt = (
+        return (
             self._filtered(filters)
             .with_only_columns(*columns)
             .order_by(AuditLog.timestamp.desc(), AuditLog.id.desc())
-            .execution_options(yield_per=EXPORT_BATCH)
         )
+
+    async def stream_rows(
+        self, filters: AuditFilters, *, batch: int = EXPORT_BATCH
+    ) -> AsyncIterator[Sequence[Row[Any]]]:
+        """Every matching entry in page order, as plain rows in batches from a server-side cursor.
+
+        Rows, not ORM objects: nothing accumulates in the identity map, so memory stays flat.
+        One transaction, so the export is one consistent snapshot however long it streams.
+        """
+        await self.session.execute(text(EXPORT_PLANNER_SETTINGS))
+        stmt = self.export_statement(filters).execution_options(yield_per=batch)
         result = await self.session.stream(stmt)
-        async for batch in result.partitions():
-            yield batch
+        try:
+            async for rows in result.partitions():
+                yield rows
+        finally:
+            await result.close()
 
     async def latest_by_actors(self, user_ids: Sequence[int], per_user: int) -> list[AuditLog]:
         """Each actor's ``per_user`` newest entries, in one statement (LATERAL, index-backed)."""
@@ -131,5 +147,5 @@ class AuditRepository:
         rows = await self.session.execute(
             select(AuditLog.action, func.count()).group_by(AuditLog.action)
         )
-        by_action = dict(rows.tuples().all())
+        by_action = {action: count for action, count in rows}
         return {"total": total, "last_24h": last_24h, "by_action": by_action}

@@ -112,8 +112,8 @@ class UserRepository:
         ).one()
         by_role = {
             role.value: count
-            for role, count in (
-                await self.session.execute(select(User.role, func.count()).group_by(User.role))
-            ).tuples()
+            for role, count in await self.session.execute(
+                select(User.role, func.count()).group_by(User.role)
+            )
         }
         return {"total": total, "active": active, "by_role": by_role}

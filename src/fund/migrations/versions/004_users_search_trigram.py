@@ -28,4 +28,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute("DROP INDEX idx_users_full_name_trgm")
     op.execute("DROP INDEX idx_users_email_trgm")
-    # The extension may be shared with other schemas' objects; leave it installed.
+    # Drop the extension unless something else in the database uses it too.
+    op.execute(
+        "DO $$ BEGIN DROP EXTENSION IF EXISTS pg_trgm; "
+        "EXCEPTION WHEN dependent_objects_still_exist THEN NULL; END $$"
+    )

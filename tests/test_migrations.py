@@ -1,0 +1,115 @@
+"""Migrations upgrade, downgrade and upgrade again cleanly; each downgrade undoes its upgrade."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from alembic import command
+from alembic.script import ScriptDirectory
+
+from fund.db import alembic_config
+from tests.services import PostgresServer
+
+SCHEMA_QUERY = """
+SELECT 'table ' || table_name FROM information_schema.tables WHERE table_schema = 'public'
+UNION ALL SELECT 'column ' || table_name || '.' || column_name || ' ' || data_type
+    FROM information_schema.columns WHERE table_schema = 'public'
+UNION ALL SELECT 'index ' || indexname || ' ' || indexdef
+    FROM pg_indexes WHERE schemaname = 'public'
+UNION ALL SELECT 'constraint ' || conname || ' ' || pg_get_constraintdef(oid)
+    FROM pg_constraint WHERE connamespace = 'public'::regnamespace
+UNION ALL SELECT 'trigger ' || tgname FROM pg_trigger WHERE NOT tgisinternal
+UNION ALL SELECT 'function ' || proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace
+UNION ALL SELECT 'extension ' || extname FROM pg_extension
+UNION ALL SELECT 'type ' || typname FROM pg_type WHERE typnamespace = 'public'::regnamespace
+    AND typtype = 'e'
+"""
+
+
+@pytest.fixture
+async def empty_database(postgres: PostgresServer) -> AsyncIterator[str]:
+    name = "fund_test_migrations"
+    admin = await postgres.admin()
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield name
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def schema(postgres: PostgresServer, database: str) -> set[str]:
+    conn = await asyncpg.connect(postgres.dsn(database))
+    try:
+        # Alembic's own bookkeeping table is not part of the schema under test.
+        return {row[0] for row in await conn.fetch(SCHEMA_QUERY) if "alembic_version" not in row[0]}
+    finally:
+        await conn.close()
+
+
+async def migrate(postgres: PostgresServer, database: str, action: str, revision: str) -> None:
+    config = alembic_config(postgres.url(database))
+    step = command.upgrade if action == "upgrade" else command.downgrade
+    await asyncio.to_thread(step, config, revision)
+
+
+def revisions() -> list[str]:
+    script = ScriptDirectory.from_config(alembic_config("postgresql+asyncpg://unused/x"))
+    return [r.revision for r in reversed(list(script.walk_revisions()))]
+
+
+async def test_revisions_form_one_line_from_001() -> None:
+    assert revisions()[:4] == ["001", "002", "003", "004"]
+
+
+async def test_upgrade_downgrade_upgrade_is_clean(
+    postgres: PostgresServer, empty_database: str
+) -> None:
+    empty = await schema(postgres, empty_database)
+    shapes: dict[str, set[str]] = {}
+    for revision in revisions():
+        await migrate(postgres, empty_database, "upgrade", revision)
+        shapes[revision] = await schema(postgres, empty_database)
+    head = shapes[revisions()[-1]]
+
+    # Step down one revision at a time: each downgrade restores exactly the schema before it.
+    steps = list(zip(["base", *revisions()[:-1]], revisions(), strict=True))
+    for previous, revision in reversed(steps):
+        await migrate(postgres, empty_database, "downgrade", previous)
+        expected = empty if previous == "base" else shapes[previous]
+        current = await schema(postgres, empty_database)
+        assert current == expected, f"downgrade of {revision} left a difference"
+
+    await migrate(postgres, empty_database, "upgrade", "head")
+    assert await schema(postgres, empty_database) == head
+
+
+async def test_002_adds_the_named_indexes_with_their_sort_keys(
+    postgres: PostgresServer, empty_database: str
+) -> None:
+    await migrate(postgres, empty_database, "upgrade", "001")
+    before = await schema(postgres, empty_database)
+    await migrate(postgres, empty_database, "upgrade", "002")
+    added = await schema(postgres, empty_database) - before
+
+    names = {line.split()[1] for line in added if line.startswith("index ")}
+    assert {
+        "idx_users_role",
+        "idx_users_created_at_desc",
+        "idx_users_role_is_active",
+        "idx_users_created_at_is_active",
+        "idx_audit_logs_resource_id",
+        "idx_audit_logs_action",
+        "idx_audit_logs_resource_type_timestamp",
+        "idx_audit_logs_is_deleted_timestamp",
+        "idx_audit_logs_user_id_timestamp",
+    } <= names
+    for line in added:
+        if line.startswith("index idx_users"):
+            assert line.endswith("created_at DESC, id DESC)"), line
+        if line.startswith("index idx_audit_logs"):
+            assert line.endswith('"timestamp" DESC, id DESC)'), line

@@ -1,0 +1,495 @@
+"""Users API (API.md section 3), the role matrix (section 2) and the audit entry of every change."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from fund.deps import Resources
+from fund.models import Role
+from tests.conftest import PASSWORD, Account, make_account
+from tests.helpers import audit_rows, count_rows
+
+USERS = "/api/v1/users"
+FORBIDDEN_KEYS = {"password", "hashed_password"}
+
+
+def new_user(**overrides: Any) -> dict[str, Any]:
+    return {
+        "email": "new.person@example.com",
+        "password": "a long enough password",
+        "full_name": "New Person",
+        "role": "ANALYST",
+        **overrides,
+    }
+
+
+# -- the role matrix -----------------------------------------------------------------------------
+
+ROLES = (Role.ADMIN, Role.ANALYST, Role.VIEWER)
+# (method, path template, body, expected status for ADMIN, ANALYST, VIEWER). "{other}" is a user
+# that is not the caller; "{self}" the caller.
+MATRIX: list[tuple[str, str, dict[str, Any] | None, tuple[int, int, int]]] = [
+    ("GET", "/api/v1/users", None, (200, 200, 403)),
+    ("GET", "/api/v1/users/{other}", None, (200, 200, 403)),
+    ("GET", "/api/v1/users/{self}", None, (200, 200, 200)),
+    ("GET", "/api/v1/users/me", None, (200, 200, 200)),
+    ("PATCH", "/api/v1/users/me", {"full_name": "Renamed"}, (200, 200, 200)),
+    ("POST", "/api/v1/users", new_user(), (201, 403, 403)),
+    ("PATCH", "/api/v1/users/{other}", {"full_name": "Changed"}, (200, 403, 403)),
+    ("DELETE", "/api/v1/users/{other}", None, (204, 403, 403)),
+    ("GET", "/api/v1/audit-logs", None, (200, 403, 403)),
+    ("GET", "/api/v1/audit-logs/{entry}", None, (200, 403, 403)),
+    ("GET", "/api/v1/audit-logs/export", None, (200, 403, 403)),
+    ("DELETE", "/api/v1/audit-logs/{entry}", None, (204, 403, 403)),
+    ("GET", "/api/v1/stats", None, (200, 200, 403)),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "expected"), MATRIX, ids=[f"{m} {p}" for m, p, _, _ in MATRIX]
+)
+@pytest.mark.parametrize("role", ROLES, ids=[r.value for r in ROLES])
+async def test_role_matrix(
+    client: httpx.AsyncClient,
+    resources: Resources,
+    role: Role,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    expected: tuple[int, int, int],
+) -> None:
+    # Two admins, so that deactivating "other" is never refused as the last admin's.
+    await make_account(resources, Role.ADMIN)
+    caller = await make_account(resources, role)
+    other = await make_account(resources, Role.VIEWER)
+    [entry] = await audit_rows(resources, resource_id=str(other.id))
+    url = path.format(other=other.id, self=caller.id, entry=entry["id"])
+
+    response = await client.request(method, url, json=body, headers=caller.headers)
+
+    assert response.status_code == expected[ROLES.index(role)], response.text
+    assert (await client.request(method, url, json=body)).status_code == 401
+
+
+# -- create --------------------------------------------------------------------------------------
+
+
+async def test_create_stores_email_lower_case_and_returns_no_secret(
+    client: httpx.AsyncClient, admin: Account
+) -> None:
+    response = await client.post(
+        USERS, json=new_user(email="Mixed.Case@Example.COM"), headers=admin.headers
+    )
+
+    assert response.status_code == 201
+    body = response.json()
+    assert body["email"] == "mixed.case@example.com"
+    assert set(body) == {
+        "id",
+        "email",
+        "full_name",
+        "role",
+        "is_active",
+        "created_at",
+        "updated_at",
+    }
+    assert body["created_at"].endswith(("Z", "+00:00"))
+    assert body["role"] == "ANALYST"
+    assert body["is_active"] is True
+
+
+async def test_create_defaults_to_an_active_viewer(
+    client: httpx.AsyncClient, admin: Account
+) -> None:
+    data = new_user()
+    del data["role"]
+    body = (await client.post(USERS, json=data, headers=admin.headers)).json()
+    assert (body["role"], body["is_active"]) == ("VIEWER", True)
+
+
+@pytest.mark.parametrize("email", ["dup@example.com", "DUP@example.com", "Dup@Example.Com"])
+async def test_a_duplicate_email_in_any_case_is_409(
+    client: httpx.AsyncClient, admin: Account, resources: Resources, email: str
+) -> None:
+    first = await client.post(USERS, json=new_user(email="dup@example.com"), headers=admin.headers)
+    assert first.status_code == 201
+    entries_before = len(await audit_rows(resources))
+
+    again = await client.post(USERS, json=new_user(email=email), headers=admin.headers)
+
+    assert again.status_code == 409
+    assert again.json() == {"detail": "A user with this email already exists"}
+    assert len(await audit_rows(resources)) == entries_before
+
+
+BAD_CREATES: dict[str, Any] = {
+    "short-password": new_user(password="11 chars..."),
+    "long-password": new_user(password="x" * 257),
+    "bad-email": new_user(email="not-an-email"),
+    "email-with-spaces": new_user(email="a b@example.com"),
+    "unknown-role": new_user(role="ROOT"),
+    "lower-case-role": new_user(role="admin"),
+    "unknown-field": new_user(is_superuser=True),
+    "hashed-password-field": new_user(hashed_password="$argon2id$..."),
+    "id-field": new_user(id=1),
+    "missing-email": {k: v for k, v in new_user().items() if k != "email"},
+    "missing-password": {k: v for k, v in new_user().items() if k != "password"},
+    "empty-full-name": new_user(full_name="   "),
+    "full-name-too-long": new_user(full_name="x" * 201),
+    "is-active-not-bool": new_user(is_active="maybe"),
+    "email-not-string": new_user(email=["a@example.com"]),
+    "null-email": new_user(email=None),
+    "array-body": [new_user()],
+    "string-body": "hello",
+    "number-body": 42,
+}
+
+
+@pytest.mark.parametrize("body", BAD_CREATES.values(), ids=BAD_CREATES.keys())
+async def test_bad_create_bodies_are_422_and_write_nothing(
+    client: httpx.AsyncClient, admin: Account, resources: Resources, body: Any
+) -> None:
+    users_before = await count_rows(resources, "users")
+    entries_before = await count_rows(resources, "audit_logs")
+
+    response = await client.post(USERS, json=body, headers=admin.headers)
+
+    assert response.status_code == 422, response.text
+    assert isinstance(response.json()["detail"], list)
+    assert "11 chars..." not in response.text  # inputs are not echoed back
+    assert await count_rows(resources, "users") == users_before
+    assert await count_rows(resources, "audit_logs") == entries_before
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        (b"{not json", "application/json"),
+        (b"", "application/json"),
+        (b"\xff\xfe\x00", "application/json"),
+        (b'{"email": "a@example.com"', "application/json"),
+        (b"email=a@example.com", "application/x-www-form-urlencoded"),
+    ],
+    ids=["broken", "empty", "binary", "truncated", "form"],
+)
+async def test_malformed_bodies_are_4xx_never_500(
+    client: httpx.AsyncClient, admin: Account, content: bytes, content_type: str
+) -> None:
+    response = await client.post(
+        USERS, content=content, headers={**admin.headers, "Content-Type": content_type}
+    )
+    assert response.status_code in {400, 422}  # 400: not even text; 422: not the schema
+    assert "detail" in response.json()
+
+
+# -- read ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/api/v1/users/999999", 404),
+        ("/api/v1/users/abc", 422),
+        ("/api/v1/users/0", 422),
+        ("/api/v1/users/-1", 422),
+        ("/api/v1/users/99999999999999999999999", 422),
+        ("/api/v1/users/1.5", 422),
+    ],
+)
+async def test_unknown_and_malformed_ids(
+    client: httpx.AsyncClient, admin: Account, path: str, status: int
+) -> None:
+    response = await client.get(path, headers=admin.headers)
+    assert response.status_code == status
+    assert "detail" in response.json()
+
+
+async def test_no_response_ever_carries_a_password_or_hash(
+    client: httpx.AsyncClient, admin: Account, viewer: Account
+) -> None:
+    created = await client.post(USERS, json=new_user(), headers=admin.headers)
+    user_id = created.json()["id"]
+    await client.patch(
+        f"{USERS}/{user_id}", json={"password": "another long password"}, headers=admin.headers
+    )
+    responses = [
+        created,
+        await client.get(f"{USERS}/{user_id}", headers=admin.headers),
+        await client.get(USERS, headers=admin.headers),
+        await client.get(USERS, params={"include": "audit_logs"}, headers=admin.headers),
+        await client.get(f"{USERS}/me", headers=viewer.headers),
+        await client.get("/api/v1/audit-logs", headers=admin.headers),
+        await client.get("/api/v1/audit-logs/export", headers=admin.headers),
+    ]
+    for response in responses:
+        assert response.status_code in {200, 201}
+        text = response.text
+        assert "argon2" not in text
+        assert "a long enough password" not in text
+        assert "another long password" not in text
+        assert '"hashed_password"' not in text
+        assert '"password":{' not in text.replace(" ", "")
+
+
+# -- update --------------------------------------------------------------------------------------
+
+
+async def test_patch_changes_fields_and_audits_old_and_new(
+    client: httpx.AsyncClient, admin: Account, analyst: Account, resources: Resources
+) -> None:
+    response = await client.patch(
+        f"{USERS}/{analyst.id}",
+        json={
+            "email": "Renamed@Example.com",
+            "full_name": "Renamed Person",
+            "role": "VIEWER",
+            "password": "a brand new password",
+        },
+        headers={**admin.headers, "X-Request-ID": "req-patch-1", "User-Agent": "pytest-agent"},
+    )
+
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["email"], body["full_name"], body["role"]) == (
+        "renamed@example.com",
+        "Renamed Person",
+        "VIEWER",
+    )
+    assert body["updated_at"] > body["created_at"]
+    [entry] = await audit_rows(resources, action="UPDATE")
+    assert entry["user_id"] == admin.id
+    assert entry["resource_id"] == str(analyst.id)
+    assert entry["request_id"] == "req-patch-1"
+    assert entry["user_agent"] == "pytest-agent"
+    assert str(entry["ip_address"]) == "203.0.113.7"
+    assert entry["details"] == {
+        "changes": {
+            "email": {"old": analyst.user.email, "new": "renamed@example.com"},
+            "full_name": {"old": analyst.user.full_name, "new": "Renamed Person"},
+            "role": {"old": "ANALYST", "new": "VIEWER"},
+            "password": "changed",
+        }
+    }
+    login = await client.post(
+        "/api/v1/auth/token",
+        data={"username": "renamed@example.com", "password": "a brand new password"},
+    )
+    assert login.status_code == 200
+
+
+async def test_patch_that_changes_nothing_writes_no_entry(
+    client: httpx.AsyncClient, admin: Account, analyst: Account, resources: Resources
+) -> None:
+    response = await client.patch(
+        f"{USERS}/{analyst.id}", json={"full_name": analyst.user.full_name}, headers=admin.headers
+    )
+    assert response.status_code == 200
+    assert await audit_rows(resources, action="UPDATE") == []
+
+
+BAD_PATCHES: dict[str, Any] = {
+    "null-role": {"role": None},
+    "null-email": {"email": None},
+    "unknown-field": {"is_admin": True},
+    "created-at": {"created_at": "2020-01-01T00:00:00Z"},
+    "hashed-password": {"hashed_password": "x"},
+    "short-password": {"password": "short"},
+    "bad-role": {"role": "GOD"},
+    "bad-email": {"email": "nope"},
+    "not-object": ["role", "ADMIN"],
+}
+
+
+@pytest.mark.parametrize("body", BAD_PATCHES.values(), ids=BAD_PATCHES.keys())
+async def test_bad_patches_are_422_and_change_nothing(
+    client: httpx.AsyncClient, admin: Account, analyst: Account, resources: Resources, body: Any
+) -> None:
+    response = await client.patch(f"{USERS}/{analyst.id}", json=body, headers=admin.headers)
+
+    assert response.status_code == 422, response.text
+    after = (await client.get(f"{USERS}/{analyst.id}", headers=admin.headers)).json()
+    assert after == analyst.user.model_dump(mode="json")
+    assert await audit_rows(resources, action="UPDATE") == []
+
+
+async def test_patch_to_an_email_taken_in_another_case_is_409(
+    client: httpx.AsyncClient, admin: Account, analyst: Account, viewer: Account
+) -> None:
+    response = await client.patch(
+        f"{USERS}/{analyst.id}", json={"email": viewer.user.email.upper()}, headers=admin.headers
+    )
+    assert response.status_code == 409
+
+
+async def test_patch_unknown_user_is_404(client: httpx.AsyncClient, admin: Account) -> None:
+    response = await client.patch(f"{USERS}/424242", json={"full_name": "X"}, headers=admin.headers)
+    assert response.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"role": "ANALYST"}, {"role": "VIEWER"}, {"is_active": False}],
+    ids=["demote-analyst", "demote-viewer", "deactivate"],
+)
+async def test_the_last_active_admin_cannot_be_demoted_or_deactivated(
+    client: httpx.AsyncClient, admin: Account, resources: Resources, change: dict[str, Any]
+) -> None:
+    # An inactive admin does not count.
+    await make_account(resources, Role.ADMIN, is_active=False)
+
+    response = await client.patch(f"{USERS}/{admin.id}", json=change, headers=admin.headers)
+
+    assert response.status_code == 409
+    assert "last active ADMIN" in response.json()["detail"]
+    deleted = await client.delete(f"{USERS}/{admin.id}", headers=admin.headers)
+    assert deleted.status_code == 409
+    me = (await client.get(f"{USERS}/me", headers=admin.headers)).json()
+    assert (me["role"], me["is_active"]) == ("ADMIN", True)
+    assert await audit_rows(resources, action="UPDATE") == []
+    assert await audit_rows(resources, action="DELETE") == []
+
+
+async def test_an_admin_can_be_demoted_while_another_stays(
+    client: httpx.AsyncClient, admin: Account, resources: Resources
+) -> None:
+    other = await make_account(resources, Role.ADMIN)
+    response = await client.patch(
+        f"{USERS}/{other.id}", json={"role": "ANALYST"}, headers=admin.headers
+    )
+    assert response.status_code == 200
+    assert response.json()["role"] == "ANALYST"
+
+
+async def test_patch_me_changes_name_and_password_only(
+    client: httpx.AsyncClient, viewer: Account, resources: Resources
+) -> None:
+    response = await client.patch(
+        f"{USERS}/me",
+        json={"full_name": "Self Named", "password": "my own new password"},
+        headers=viewer.headers,
+    )
+    assert response.status_code == 200
+    assert response.json()["full_name"] == "Self Named"
+    [entry] = await audit_rows(resources, action="UPDATE")
+    assert entry["user_id"] == viewer.id
+    assert entry["details"]["changes"]["password"] == "changed"
+
+    for forbidden in ({"role": "ADMIN"}, {"is_active": False}, {"email": "x@example.com"}):
+        refused = await client.patch(f"{USERS}/me", json=forbidden, headers=viewer.headers)
+        assert refused.status_code == 422
+    assert (await client.get(f"{USERS}/me", headers=viewer.headers)).json()["role"] == "VIEWER"
+
+
+# -- deactivate ----------------------------------------------------------------------------------
+
+
+async def test_delete_deactivates_keeps_the_row_and_audits(
+    client: httpx.AsyncClient, admin: Account, analyst: Account, resources: Resources
+) -> None:
+    users_before = await count_rows(resources, "users")
+
+    response = await client.delete(f"{USERS}/{analyst.id}", headers=admin.headers)
+
+    assert response.status_code == 204
+    assert response.content == b""
+    assert await count_rows(resources, "users") == users_before
+    body = (await client.get(f"{USERS}/{analyst.id}", headers=admin.headers)).json()
+    assert body["is_active"] is False
+    [entry] = await audit_rows(resources, action="DELETE")
+    assert (entry["user_id"], entry["resource_type"], entry["resource_id"], entry["details"]) == (
+        admin.id,
+        "user",
+        str(analyst.id),
+        {},
+    )
+    again = await client.delete(f"{USERS}/{analyst.id}", headers=admin.headers)
+    assert again.status_code == 204
+    assert len(await audit_rows(resources, action="DELETE")) == 1
+    assert (await client.delete(f"{USERS}/987654", headers=admin.headers)).status_code == 404
+
+
+# -- audit completeness --------------------------------------------------------------------------
+
+
+async def test_each_change_writes_exactly_one_entry_in_its_transaction(
+    client: httpx.AsyncClient, admin: Account, resources: Resources
+) -> None:
+    headers = {**admin.headers, "X-Request-ID": "create-1"}
+    created = await client.post(USERS, json=new_user(), headers=headers)
+    user_id = created.json()["id"]
+    await client.patch(f"{USERS}/{user_id}", json={"full_name": "B"}, headers=admin.headers)
+    await client.patch(f"{USERS}/{user_id}", json={"is_active": False}, headers=admin.headers)
+    await client.patch(f"{USERS}/{user_id}", json={"is_active": True}, headers=admin.headers)
+    await client.delete(f"{USERS}/{user_id}", headers=admin.headers)
+
+    entries = await audit_rows(resources, resource_id=str(user_id))
+
+    assert [e["action"] for e in entries] == ["CREATE", "UPDATE", "UPDATE", "UPDATE", "DELETE"]
+    create = entries[0]
+    assert create["request_id"] == "create-1"
+    assert create["details"] == {"after": created.json()}
+    # The entry and the change share the transaction, hence the transaction timestamp.
+    assert create["timestamp"].isoformat().replace("+00:00", "Z") == created.json()["created_at"]
+
+
+async def test_a_change_that_fails_in_the_database_leaves_no_entry(
+    client: httpx.AsyncClient, admin: Account, resources: Resources
+) -> None:
+    # Two concurrent creates of one email: the loser fails at the unique index, after its
+    # entry would have been written; its transaction, entry included, is rolled back.
+    import asyncio
+
+    responses = await asyncio.gather(
+        *(
+            client.post(USERS, json=new_user(email="race@example.com"), headers=admin.headers)
+            for _ in range(4)
+        )
+    )
+
+    assert sorted(r.status_code for r in responses) == [201, 409, 409, 409]
+    assert len(await audit_rows(resources, action="CREATE", resource_type="user")) == 2  # + admin
+
+
+async def test_a_failed_audit_write_fails_the_change(
+    client: httpx.AsyncClient, admin: Account, resources: Resources
+) -> None:
+    """If the entry cannot be written, the change must not happen."""
+    from sqlalchemy import text
+
+    async with resources.engine.begin() as conn:
+        await conn.execute(
+            text("ALTER TABLE audit_logs ADD CONSTRAINT refuse_new CHECK (id < 0) NOT VALID")
+        )
+    response = await client.patch(
+        f"{USERS}/{admin.id}", json={"full_name": "Should Not Stick"}, headers=admin.headers
+    )
+
+    assert response.status_code == 500
+    assert response.json() == {"detail": "Internal server error"}
+    async with resources.engine.connect() as conn:
+        name = await conn.scalar(
+            text("SELECT full_name FROM users WHERE id = :id"), {"id": admin.id}
+        )
+    assert name == admin.user.full_name
+
+
+# -- request ids ---------------------------------------------------------------------------------
+
+
+async def test_request_id_is_echoed_generated_or_replaced(
+    client: httpx.AsyncClient,
+) -> None:
+    echoed = await client.get("/healthz", headers={"X-Request-ID": "abc-123"})
+    made = await client.get("/healthz")
+    hostile = await client.get("/healthz", headers={"X-Request-ID": "x" * 500})
+
+    assert echoed.headers["x-request-id"] == "abc-123"
+    assert len(made.headers["x-request-id"]) == 32
+    assert hostile.headers["x-request-id"] != "x" * 500
+
+
+async def test_login_password_is_the_fixture_password(viewer: Account) -> None:
+    assert viewer.password == PASSWORD
