@@ -491,5 +491,19 @@ async def test_request_id_is_echoed_generated_or_replaced(
     assert hostile.headers["x-request-id"] != "x" * 500
 
 
-async def test_login_password_is_the_fixture_password(viewer: Account) -> None:
-    assert viewer.password == PASSWORD
+async def test_nul_bytes_are_refused_not_500(
+    client: httpx.AsyncClient, admin: Account, resources: Resources
+) -> None:
+    login = await client.post(
+        "/api/v1/auth/token", data={"username": "a\x00b@example.com", "password": PASSWORD}
+    )
+    created = await client.post(USERS, json=new_user(full_name="a\x00b"), headers=admin.headers)
+    searched = await client.get(USERS, params={"q": "a\x00"}, headers=admin.headers)
+    filtered = await client.get(
+        "/api/v1/audit-logs", params={"resource_id": "a\x00"}, headers=admin.headers
+    )
+
+    assert login.status_code == 401
+    [failed] = await audit_rows(resources, action="LOGIN_FAILED")
+    assert failed["details"] == {"email": "ab@example.com"}
+    assert (created.status_code, searched.status_code, filtered.status_code) == (422, 422, 422)

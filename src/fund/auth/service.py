@@ -50,7 +50,8 @@ class AuthService:
         self.token_minutes = token_minutes
 
     async def login(self, actor: Actor, email: str, password: str) -> LoginOutcome:
-        email = email.strip().lower()[:MAX_EMAIL_CHARS]
+        # Bounded, and without NUL, which PostgreSQL text cannot hold: it is recorded as attempted.
+        email = email.replace("\x00", "").strip().lower()[:MAX_EMAIL_CHARS]
         retry_after = await self.throttle.retry_after(email)
         if retry_after:
             raise TooManyAttempts(retry_after)

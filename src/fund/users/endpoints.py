@@ -14,6 +14,7 @@ from fund.kit.schemas import PageOut
 from fund.models import Role
 from fund.users.repository import UserFilters
 from fund.users.schemas import (
+    NO_NUL,
     UserCreate,
     UserRead,
     UserSelfUpdate,
@@ -32,7 +33,7 @@ async def list_users(
     cursor: Cursor = None,
     role: Role | None = None,
     is_active: bool | None = None,
-    q: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
+    q: Annotated[str | None, Query(min_length=1, max_length=100, pattern=NO_NUL)] = None,
     include: Annotated[Literal["audit_logs"] | None, Query()] = None,
 ) -> PageOut[UserRead] | PageOut[UserWithAuditRead]:
     """Newest first (`created_at DESC, id DESC`), in cursor pages."""

@@ -23,7 +23,11 @@ MAX_PASSWORD = 256
 
 Email = Annotated[EmailStr, Field(max_length=320), AfterValidator(str.lower)]
 Password = Annotated[str, Field(min_length=MIN_PASSWORD, max_length=MAX_PASSWORD)]
-FullName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+# PostgreSQL text cannot hold NUL; refuse it here as a 422 rather than at the database.
+NO_NUL = r"^[^\x00]*$"
+FullName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=NO_NUL)
+]
 
 
 class UserRead(BaseModel):
