@@ -22,8 +22,8 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## create the virtual env with the pinned dependencies
 
-run: $(STAMP) ## run the service on http://127.0.0.1:8000 (embedded PostgreSQL unless FUND_DATABASE_URL is set)
-	$(BIN)/fund serve
+run: $(STAMP) ## run the service on http://127.0.0.1:8000 (embedded PostgreSQL unless FUND_DATABASE_URL is set; ARGS="--port 8001")
+	$(BIN)/fund serve $(ARGS)
 
 test: check pytest ## lint, type-check and run every test against real PostgreSQL and Redis
 
