@@ -1,35 +1,41 @@
-"""Cache-aside over Redis that can fail without the service failing.
+"""Cache-aside over Redis that can fail without the service failing or serving stale data.
 
-Rules, in one place:
+Rules, in one place (the reasoning is in docs/CACHING.md):
 
-* Every Redis call has a socket timeout in tens of milliseconds and no retry;
-  the first failure opens a circuit breaker, so a dead or frozen Redis is not
-  called again until a single probe after ``cooldown`` seconds finds it back.
+* Every Redis call has a socket timeout in tens of milliseconds and no retry.
+  A few consecutive failures open a circuit breaker: a dead or frozen Redis is
+  not called again until ``cooldown`` has passed, and then by one probe at a time.
 * Invalidation runs after the commit. It writes a short-lived tombstone instead
-  of deleting, so a reader that loaded the old row before the commit cannot put
-  it back (its populate is ``SET NX``).
-* An invalidation that fails is kept in ``pending``. While anything is pending
-  this process does not read the cache at all; the pending tombstones are
-  written first, when Redis answers again, and only then is the cache trusted.
-  Stale entries therefore are never served after a write that returned.
+  of deleting; populates are ``SET NX`` and carry a deadline, so a reader that
+  loaded the old row before the commit cannot put it back, even when Redis
+  executes its populate late.
+* An invalidation that fails is recorded in PostgreSQL (``InvalidationLog``)
+  before the write returns, and the writer then waits one trust lease. Every
+  process reads the log at most one lease before it reads Redis, writes the
+  recorded tombstones first, and only then trusts the cache. So no process,
+  including one that never saw Redis fail, serves an entry older than a write
+  that returned.
 
-Keys are ``fund:v1:<kind>:<id>``: namespaced, versioned, and with no
-multi-key operation, so they are Redis Cluster-safe.
+Keys are ``fund:v1:<kind>:<id>``: namespaced, versioned, and with no multi-key
+operation, so they are Redis Cluster-safe.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
+import asyncpg
 import structlog
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
+from sqlalchemy.engine import make_url
 
 from fund.kit import metrics
 
@@ -40,7 +46,30 @@ T = TypeVar("T")
 NAMESPACE = "fund:v1"
 TOMBSTONE = b"\x00"
 TOMBSTONE_MS = 5_000
+# A populate that Redis executes later than this after its database read began is dropped:
+# by then a tombstone written after a concurrent commit (it lives TOMBSTONE_MS) may be gone.
+POPULATE_WINDOW_MS = 2_000
 LOCK_MS = 10_000
+TRUST_LEASE = 0.25
+"""Seconds a process trusts Redis after reading the invalidation log; writers wait this long."""
+LEASE_MARGIN = 0.01
+FAILURES_TO_OPEN = 3
+"""Consecutive failed calls that open the breaker: one late reply from a busy event loop does
+not switch the cache off, and a dead Redis still costs at most this many timeouts."""
+MAX_REDIS_CALLS = 32
+FLUSH_BATCH = 500
+"""Redis calls in flight per process; a burst waits here instead of opening more sockets."""
+
+_POPULATE = """
+local now = redis.call('TIME')
+if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[3]) then
+    return 0
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then
+    return 1
+end
+return 0
+"""
 
 
 def key(kind: str, ident: str | int) -> str:
@@ -54,12 +83,12 @@ def create_redis(url: str, socket_timeout: float) -> Redis:
         socket_connect_timeout=socket_timeout,
         retry=Retry(NoBackoff(), 0),
         health_check_interval=0,
-        max_connections=64,
+        max_connections=MAX_REDIS_CALLS,
     )
 
 
 class CircuitOpen(Exception):
-    """Redis is considered down; the call was not made."""
+    """Redis is considered down; the call was not made or did not succeed."""
 
 
 @dataclass
@@ -68,47 +97,194 @@ class Lookup:
     hit: bool
 
 
+class InvalidationLog:
+    """Invalidations that could not reach Redis, in PostgreSQL where every process sees them.
+
+    It talks over one connection of its own, outside the request sessions, so
+    its statements never count against a request's queries.
+    """
+
+    def __init__(self, dsn: str, *, timeout: float = 2.0) -> None:
+        self.dsn = dsn
+        self.timeout = timeout
+        self._conn: asyncpg.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    def for_database(cls, sqlalchemy_url: str, *, timeout: float = 2.0) -> InvalidationLog:
+        url = make_url(sqlalchemy_url).set(drivername="postgresql")
+        return cls(url.render_as_string(hide_password=False), timeout=timeout)
+
+    async def _run(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        async with self._lock:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    if self._conn is None or self._conn.is_closed():
+                        self._conn = await asyncpg.connect(self.dsn)
+                    return await op(self._conn)
+            except BaseException:
+                await self._drop()
+                raise
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            conn.terminate()
+
+    async def record(self, cache_key: str) -> None:
+        await self._run(
+            lambda c: c.execute("INSERT INTO cache_invalidations (key) VALUES ($1)", cache_key)
+        )
+
+    async def fetch(self) -> dict[str, int]:
+        """Each recorded key with the newest row id that names it."""
+        rows = await self._run(
+            lambda c: c.fetch("SELECT key, max(id) AS id FROM cache_invalidations GROUP BY key")
+        )
+        return {row["key"]: row["id"] for row in rows}
+
+    async def forget(self, entries: dict[str, int]) -> None:
+        """Delete what has been written to Redis; rows recorded since then stay."""
+        await self._run(
+            lambda c: c.execute(
+                "DELETE FROM cache_invalidations c USING unnest($1::text[], $2::bigint[]) "
+                "AS done(key, id) WHERE c.key = done.key AND c.id <= done.id",
+                list(entries),
+                list(entries.values()),
+            )
+        )
+
+    async def close(self) -> None:
+        async with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None and not conn.is_closed():
+                await conn.close()
+
+
 class Cache:
-    def __init__(self, redis: Redis | None, *, cooldown: float = 2.0) -> None:
+    def __init__(
+        self,
+        redis: Redis | None,
+        *,
+        cooldown: float = 2.0,
+        invalidation_log: InvalidationLog | None = None,
+        lease: float = TRUST_LEASE,
+    ) -> None:
         self.redis = redis
         self.cooldown = cooldown
-        self.pending: set[str] = set()
-        self._open_until = 0.0
-        self._probe = asyncio.Lock()
-        self._flights: dict[str, asyncio.Lock] = {}
+        self.invalidation_log = invalidation_log
+        self.lease = lease
+        self.pending: dict[str, int | None] = {}
+        """Tombstones to write before Redis is read again: key -> log row id (None: local)."""
+        self.calls = 0
+        """Redis calls attempted: a breaker that works keeps this still while Redis is down."""
+        self._open_until = 0.0  # 0: closed; else the breaker is open until then
+        self._failures = 0
+        self._probing = False
+        self._trusted_since = -math.inf
+        self._log_retry_at = 0.0
+        self._log_lock = asyncio.Lock()
+        self._flush_lock = asyncio.Lock()
+        self._slots = asyncio.Semaphore(MAX_REDIS_CALLS)
+        self._flights: dict[str, asyncio.Future[bytes]] = {}
+        self._kept: dict[str, tuple[bytes, float]] = {}  # last rebuilds, for while Redis is down
+        self._populate = redis.register_script(_POPULATE) if redis is not None else None
 
     # -- breaker ---------------------------------------------------------------
 
     @property
+    def breaker_open(self) -> bool:
+        return self._open_until != 0.0
+
+    @property
     def available(self) -> bool:
-        """False while the breaker is open (or there is no Redis at all)."""
+        """False while the breaker is open and not yet due for a probe (or with no Redis)."""
         return self.redis is not None and time.monotonic() >= self._open_until
 
     async def _call(self, op: Callable[[Redis], Awaitable[T]]) -> T:
-        if self.redis is None or time.monotonic() < self._open_until:
+        redis = self.redis
+        if redis is None:
             raise CircuitOpen
+        probe = False
+        if self._open_until:
+            if time.monotonic() < self._open_until or self._probing:
+                metrics.CACHE_ERRORS.inc()
+                raise CircuitOpen
+            self._probing = probe = True
         try:
-            if self.pending:
-                await self._flush_pending(self.redis)
-            return await op(self.redis)
+            async with self._slots:
+                if self._open_until and not probe:  # it opened while this call queued
+                    metrics.CACHE_ERRORS.inc()
+                    raise CircuitOpen
+                self.calls += 1
+                if self.pending:
+                    await self._flush_pending(redis)
+                result = await op(redis)
         except (TimeoutError, RedisError, OSError) as exc:
             metrics.CACHE_ERRORS.inc()
-            if time.monotonic() >= self._open_until:
-                log.warning("cache_unavailable", error=type(exc).__name__, cooldown=self.cooldown)
-            self._open_until = time.monotonic() + self.cooldown
+            self._failures += 1
+            if probe or self._failures >= FAILURES_TO_OPEN:
+                if not self._open_until or probe:
+                    log.warning(
+                        "cache_unavailable", error=type(exc).__name__, cooldown=self.cooldown
+                    )
+                self._open_until = time.monotonic() + self.cooldown
             raise CircuitOpen from exc
+        finally:
+            if probe:
+                self._probing = False
+        self._failures = 0
+        if probe:
+            self._open_until = 0.0
+            log.info("cache_available")
+        return result
 
     async def _flush_pending(self, redis: Redis) -> None:
-        async with self._probe:
-            keys = list(self.pending)
-            if not keys:
+        async with self._flush_lock:
+            written = dict(self.pending)
+            if not written:
                 return
-            pipe = redis.pipeline(transaction=False)
-            for k in keys:
-                pipe.set(k, TOMBSTONE, px=TOMBSTONE_MS)
-            await pipe.execute()
-            self.pending.difference_update(keys)
-            log.info("cache_pending_invalidations_flushed", count=len(keys))
+            keys = list(written)
+            # In batches: after a long outage, one huge pipeline could outlast the socket timeout.
+            for start in range(0, len(keys), FLUSH_BATCH):
+                pipe = redis.pipeline(transaction=False)
+                for k in keys[start : start + FLUSH_BATCH]:
+                    pipe.set(k, TOMBSTONE, px=TOMBSTONE_MS)
+                await pipe.execute()
+                for k in keys[start : start + FLUSH_BATCH]:
+                    if self.pending.get(k, written[k]) == written[k]:  # not failed again since
+                        self.pending.pop(k, None)
+            log.info("cache_pending_invalidations_flushed", count=len(written))
+        recorded = {k: row for k, row in written.items() if row is not None}
+        if recorded and self.invalidation_log is not None:
+            try:
+                await self.invalidation_log.forget(recorded)
+            except Exception as exc:
+                # The rows stay: someone writes the same tombstones again later, harmlessly.
+                log.warning("cache_invalidation_log_unavailable", error=type(exc).__name__)
+
+    async def _trusted(self) -> bool:
+        """Whether this process has read the invalidation log within the last lease."""
+        if self.invalidation_log is None:
+            return True
+        if time.monotonic() - self._trusted_since < self.lease:
+            return True
+        async with self._log_lock:
+            started = time.monotonic()  # the lease runs from before the read, not after it
+            if started - self._trusted_since < self.lease:
+                return True
+            if started < self._log_retry_at:
+                return False
+            try:
+                recorded = await self.invalidation_log.fetch()
+            except Exception as exc:
+                log.warning("cache_invalidation_log_unavailable", error=type(exc).__name__)
+                self._log_retry_at = started + self.cooldown
+                return False
+            for k, row in recorded.items():
+                self.pending[k] = max(row, self.pending.get(k) or 0)
+            self._trusted_since = started
+            return True
 
     async def ping(self) -> bool:
         try:
@@ -119,24 +295,45 @@ class Cache:
 
     # -- cache-aside -------------------------------------------------------------
 
-    async def get(self, kind: str, ident: str | int) -> bytes | None:
-        """The cached value, or None on a miss, a tombstone or any Redis trouble."""
+    async def _read(self, kind: str, ident: str | int) -> bytes | None:
+        """The live value; None on a miss, a tombstone, an untrusted cache or Redis trouble."""
+        if not self.available or not await self._trusted():
+            return None
         try:
             value = cast("bytes | None", await self._call(lambda r: r.get(key(kind, ident))))
         except CircuitOpen:
-            value = None
-        if value is None or value == TOMBSTONE:
-            metrics.CACHE_MISSES.labels(kind).inc()
             return None
-        metrics.CACHE_HITS.labels(kind).inc()
+        return None if value == TOMBSTONE else value
+
+    async def get(self, kind: str, ident: str | int) -> bytes | None:
+        value = await self._read(kind, ident)
+        (metrics.CACHE_MISSES if value is None else metrics.CACHE_HITS).labels(kind).inc()
         return value
 
-    async def put(self, kind: str, ident: str | int, value: bytes, ttl: int) -> None:
-        """Populate after a miss; never overwrites a tombstone left by an invalidation."""
-        try:
-            await self._call(lambda r: r.set(key(kind, ident), value, ex=ttl, nx=True))
-        except CircuitOpen:
-            pass
+    async def get_or_load(
+        self,
+        kind: str,
+        ident: str | int,
+        ttl: int,
+        load: Callable[[], Awaitable[bytes | None]],
+    ) -> Lookup:
+        """Cache-aside for a row: ``load`` reads the database on a miss (None: no such row)."""
+        cached = await self.get(kind, ident)
+        if cached is not None:
+            return Lookup(cached, hit=True)
+        deadline_ms = int(time.time() * 1000) + POPULATE_WINDOW_MS  # taken before the read
+        value = await load()
+        if value is not None and self._populate is not None:
+            populate = self._populate
+            try:
+                await self._call(
+                    lambda r: populate(
+                        keys=[key(kind, ident)], args=[value, ttl * 1000, deadline_ms], client=r
+                    )
+                )
+            except CircuitOpen:
+                pass
+        return Lookup(value, hit=False)
 
     async def replace(self, kind: str, ident: str | int, value: bytes, ttl: int) -> None:
         """Write a freshly rebuilt value (single-flight rebuilds, not row reads)."""
@@ -146,46 +343,81 @@ class Cache:
             pass
 
     async def invalidate(self, kind: str, ident: str | int) -> None:
-        """Called after commit. A failure is remembered and repaired before the next read."""
+        """Called after commit; returns only once no process can serve the old entry."""
+        if self.redis is None:
+            return
         k = key(kind, ident)
         try:
             await self._call(lambda r: r.set(k, TOMBSTONE, px=TOMBSTONE_MS))
+            return
         except CircuitOpen:
-            self.pending.add(k)
+            self.pending.setdefault(k, None)
+        if self.invalidation_log is None:
+            return
+        log.warning("cache_invalidation_deferred", key=k)
+        # If PostgreSQL fails here too, the request fails: the write is not reported done.
+        await self.invalidation_log.record(k)
+        # Every process that read the log before the record stops trusting Redis by then.
+        await asyncio.sleep(self.lease + LEASE_MARGIN)
 
     async def get_or_build(
         self, kind: str, ident: str | int, ttl: int, build: Callable[[], Awaitable[bytes]]
     ) -> Lookup:
-        """Single flight: one rebuild at a time per key, in this process and across processes."""
+        """A value rebuilt by ``build`` when cold, for entries that only expire (statistics).
+
+        Single flight: one rebuild at a time per key, in this process and across processes.
+        """
         cached = await self.get(kind, ident)
         if cached is not None:
             return Lookup(cached, hit=True)
-        flight = self._flights.setdefault(key(kind, ident), asyncio.Lock())
-        async with flight:
-            cached = await self._peek(kind, ident)
-            if cached is not None:
-                return Lookup(cached, hit=True)
-            if await self._lock(kind, ident):
-                try:
-                    value = await build()
-                    await self.replace(kind, ident, value, ttl)
-                    return Lookup(value, hit=False)
-                finally:
-                    await self._unlock(kind, ident)
-            # Another process is rebuilding: wait for its result a little, then build anyway.
-            for _ in range(40):
-                await asyncio.sleep(0.025)
-                cached = await self._peek(kind, ident)
+        k = key(kind, ident)
+        kept = self._kept.get(k)
+        if (self.redis is None or self.breaker_open) and kept and kept[1] > time.monotonic():
+            # Not invalidated by writes (it lives out its TTL anyway): this process's copy
+            # stands in for Redis, so an outage does not mean one rebuild per request.
+            return Lookup(kept[0], hit=True)
+        flight = self._flights.get(k)
+        if flight is None:
+            flight = asyncio.get_running_loop().create_future()
+            self._flights[k] = flight
+            try:
+                lookup = await self._build_once(kind, ident, ttl, build)
+            except BaseException:
+                flight.cancel()  # the waiters build for themselves
+                raise
+            finally:
+                del self._flights[k]
+            assert lookup.value is not None
+            flight.set_result(lookup.value)
+            self._kept[k] = (lookup.value, time.monotonic() + ttl)
+            return lookup
+        try:
+            return Lookup(await asyncio.shield(flight), hit=False)
+        except asyncio.CancelledError:
+            if not flight.cancelled():
+                raise  # this request itself was cancelled
+        return await self.get_or_build(kind, ident, ttl, build)
+
+    async def _build_once(
+        self, kind: str, ident: str | int, ttl: int, build: Callable[[], Awaitable[bytes]]
+    ) -> Lookup:
+        if await self._lock(kind, ident):
+            try:
+                cached = await self._read(kind, ident)  # built by another process meanwhile
                 if cached is not None:
                     return Lookup(cached, hit=True)
-            return Lookup(await build(), hit=False)
-
-    async def _peek(self, kind: str, ident: str | int) -> bytes | None:
-        try:
-            value = cast("bytes | None", await self._call(lambda r: r.get(key(kind, ident))))
-        except CircuitOpen:
-            return None
-        return None if value == TOMBSTONE else value
+                value = await build()
+                await self.replace(kind, ident, value, ttl)
+                return Lookup(value, hit=False)
+            finally:
+                await self._unlock(kind, ident)
+        # Another process is rebuilding: wait for its result a little, then build anyway.
+        for _ in range(40):
+            await asyncio.sleep(0.025)
+            cached = await self._read(kind, ident)
+            if cached is not None:
+                return Lookup(cached, hit=True)
+        return Lookup(await build(), hit=False)
 
     async def _lock(self, kind: str, ident: str | int) -> bool:
         try:
@@ -201,6 +433,8 @@ class Cache:
             await self._call(lambda r: r.delete(key("lock", f"{kind}:{ident}")))
         except CircuitOpen:
             pass
+
+    # -- counters (login throttling) ---------------------------------------------
 
     async def incr_window(self, kind: str, ident: str, window_seconds: int) -> int:
         """Count an event in a fixed window; raises CircuitOpen when Redis is unavailable."""
@@ -230,5 +464,7 @@ class Cache:
             pass
 
     async def close(self) -> None:
+        if self.invalidation_log is not None:
+            await self.invalidation_log.close()
         if self.redis is not None:
             await self.redis.aclose()

@@ -57,15 +57,16 @@ class UserService:
 
     async def get(self, user_id: int) -> CachedUser:
         """The user by id, from the cache when warm. Authentication reads through here too."""
-        cached = await self.cache.get(CACHE_KIND, user_id)
-        if cached is not None:
-            return CachedUser(UserRead.model_validate_json(cached), hit=True)
-        user = await self.repository.get(user_id)
-        if user is None:
+        lookup = await self.cache.get_or_load(
+            CACHE_KIND, user_id, self.cache_ttl, lambda: self._load(user_id)
+        )
+        if lookup.value is None:
             raise NotFound("User not found")
-        view = UserRead.model_validate(user)
-        await self.cache.put(CACHE_KIND, user_id, view.model_dump_json().encode(), self.cache_ttl)
-        return CachedUser(view, hit=False)
+        return CachedUser(UserRead.model_validate_json(lookup.value), hit=lookup.hit)
+
+    async def _load(self, user_id: int) -> bytes | None:
+        user = await self.repository.get(user_id)
+        return None if user is None else UserRead.model_validate(user).model_dump_json().encode()
 
     async def page(
         self, filters: UserFilters, *, limit: int, cursor: str | None, include_audit_logs: bool

@@ -1,0 +1,148 @@
+"""Cache-aside on a healthy Redis: hits, fresh reads after writes, flushes, at-once revocation."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from fund.deps import Resources
+from fund.kit import cache as cache_module
+from fund.kit.cache import TOMBSTONE
+from fund.models import Role
+from tests.cache.conftest import PrivateRedis
+from tests.cache.helpers import metric, user_entry
+from tests.conftest import Account, make_account
+
+
+async def test_user_read_is_a_miss_then_a_hit(
+    client: httpx.AsyncClient, admin: Account, viewer: Account, raw_redis: Redis
+) -> None:
+    first = await client.get(f"/api/v1/users/{viewer.id}", headers=admin.headers)
+    second = await client.get(f"/api/v1/users/{viewer.id}", headers=admin.headers)
+
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert (first.headers["x-cache"], second.headers["x-cache"]) == ("miss", "hit")
+    assert first.json() == second.json()
+    assert first.json()["email"] == viewer.user.email
+    assert await user_entry(raw_redis, viewer.id) is not None
+
+
+async def test_stats_are_a_miss_then_a_hit(client: httpx.AsyncClient, analyst: Account) -> None:
+    first = await client.get("/api/v1/stats", headers=analyst.headers)
+    second = await client.get("/api/v1/stats", headers=analyst.headers)
+
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert (first.headers["x-cache"], second.headers["x-cache"]) == ("miss", "hit")
+    assert first.json() == second.json()
+    assert first.json()["users"]["total"] >= 1
+
+
+async def test_a_read_after_patch_and_after_delete_is_fresh(
+    client: httpx.AsyncClient, admin: Account, viewer: Account, raw_redis: Redis
+) -> None:
+    url = f"/api/v1/users/{viewer.id}"
+    await client.get(url, headers=admin.headers)
+    assert (await client.get(url, headers=admin.headers)).headers["x-cache"] == "hit"
+
+    patched = await client.patch(
+        url, json={"full_name": "Renamed", "role": "ANALYST"}, headers=admin.headers
+    )
+    assert patched.status_code == 200
+    after_patch = await client.get(url, headers=admin.headers)
+    assert after_patch.headers["x-cache"] == "miss"
+    assert (after_patch.json()["full_name"], after_patch.json()["role"]) == ("Renamed", "ANALYST")
+    # The tombstone stays, so a reader that loaded the old row cannot put it back.
+    assert await user_entry(raw_redis, viewer.id) == TOMBSTONE
+
+    assert (await client.delete(url, headers=admin.headers)).status_code == 204
+    after_delete = await client.get(url, headers=admin.headers)
+    assert after_delete.json()["is_active"] is False
+
+
+async def test_a_flushed_redis_changes_nothing_visible(
+    client: httpx.AsyncClient, admin: Account, viewer: Account, raw_redis: Redis
+) -> None:
+    url = f"/api/v1/users/{viewer.id}"
+    await client.get(url, headers=admin.headers)
+    warm = await client.get(url, headers=admin.headers)
+    assert warm.headers["x-cache"] == "hit"
+
+    await raw_redis.flushall()
+    after_flush = await client.get(url, headers=admin.headers)
+    assert after_flush.status_code == 200
+    assert after_flush.json() == warm.json()
+    assert after_flush.headers["x-cache"] == "miss"
+    assert (await client.get(url, headers=admin.headers)).headers["x-cache"] == "hit"
+
+    await client.patch(url, json={"full_name": "After flush"}, headers=admin.headers)
+    await raw_redis.flushall()  # the tombstone goes too: the row is still read fresh
+    assert (await client.get(url, headers=admin.headers)).json()["full_name"] == "After flush"
+    stats = await client.get("/api/v1/stats", headers=admin.headers)
+    assert stats.status_code == 200
+
+
+async def test_a_deactivated_user_is_refused_at_once_with_a_warm_cache(
+    client: httpx.AsyncClient, admin: Account, viewer: Account
+) -> None:
+    own = f"/api/v1/users/{viewer.id}"
+    await client.get(own, headers=viewer.headers)
+    assert (await client.get(own, headers=viewer.headers)).headers["x-cache"] == "hit"
+
+    assert (await client.delete(own, headers=admin.headers)).status_code == 204
+
+    refused = await client.get("/api/v1/users/me", headers=viewer.headers)
+    assert refused.status_code == 401
+    assert refused.headers["www-authenticate"] == "Bearer"
+
+
+async def test_a_demoted_admin_loses_admin_routes_at_once(
+    client: httpx.AsyncClient, admin: Account, resources: Resources
+) -> None:
+    other = await make_account(resources, Role.ADMIN)
+    for _ in range(2):  # the second request authenticates from the cache
+        assert (await client.get("/api/v1/audit-logs", headers=other.headers)).status_code == 200
+
+    demoted = await client.patch(
+        f"/api/v1/users/{other.id}", json={"role": "VIEWER"}, headers=admin.headers
+    )
+    assert demoted.status_code == 200
+
+    assert (await client.get("/api/v1/audit-logs", headers=other.headers)).status_code == 403
+
+
+async def test_cache_metrics_move(
+    client: httpx.AsyncClient, admin: Account, viewer: Account, private_redis: PrivateRedis
+) -> None:
+    hits = await metric(client, "fund_cache_hits_total", kind="user")
+    misses = await metric(client, "fund_cache_misses_total", kind="user")
+    errors = await metric(client, "fund_cache_errors_total")
+
+    url = f"/api/v1/users/{viewer.id}"
+    await client.get(url, headers=admin.headers)  # admin: hit or miss; viewer: miss
+    await client.get(url, headers=admin.headers)  # both hits
+    assert await metric(client, "fund_cache_misses_total", kind="user") >= misses + 1
+    assert await metric(client, "fund_cache_hits_total", kind="user") >= hits + 2
+
+    private_redis.stop()
+    assert (await client.get(url, headers=admin.headers)).status_code == 200
+    assert await metric(client, "fund_cache_errors_total") >= errors + 1
+
+
+async def test_a_populate_that_lands_too_late_is_dropped(
+    client: httpx.AsyncClient,
+    admin: Account,
+    viewer: Account,
+    raw_redis: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A populate Redis executes after its window (say it sat in a frozen server's socket) could
+    # land after the tombstone of a write it predates; the script refuses it.
+    monkeypatch.setattr(cache_module, "POPULATE_WINDOW_MS", -1_000)
+    url = f"/api/v1/users/{viewer.id}"
+    assert (await client.get(url, headers=admin.headers)).status_code == 200
+    assert await user_entry(raw_redis, viewer.id) is None
+
+    monkeypatch.undo()
+    await client.get(url, headers=admin.headers)
+    assert await user_entry(raw_redis, viewer.id) is not None

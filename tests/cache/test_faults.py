@@ -1,0 +1,189 @@
+"""Redis stopped, frozen or unreachable from one worker: every answer stays correct and fresh."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+from fund.config import Settings
+from fund.deps import Resources
+from fund.kit.cache import FAILURES_TO_OPEN, TOMBSTONE
+from fund.models import Role
+from tests.cache.conftest import PrivateRedis, client_for, free_port, running_app
+from tests.cache.helpers import user_entry
+from tests.conftest import Account, make_account
+from tests.helpers import count_rows
+
+COOLDOWN = 0.2  # cache_settings' breaker cooldown
+
+
+async def test_with_redis_stopped_every_route_answers_from_postgres(
+    cache_settings: Settings, private_redis: PrivateRedis
+) -> None:
+    # A cooldown longer than the test: no probe, so any Redis call after the first is a defect.
+    settings = cache_settings.model_copy(update={"redis_breaker_cooldown": 600})
+    async with running_app(settings) as application, client_for(application) as client:
+        resources: Resources = application.state.resources
+        admin = await make_account(resources, Role.ADMIN)
+        viewer = await make_account(resources, Role.VIEWER)
+        user_url = f"/api/v1/users/{viewer.id}"
+        await client.get(user_url, headers=admin.headers)
+        await client.get("/api/v1/stats", headers=admin.headers)
+
+        private_redis.stop()
+        calls = resources.cache.calls
+
+        reads = [
+            user_url,
+            "/api/v1/users/me",
+            "/api/v1/users",
+            "/api/v1/users?include=audit_logs",
+            "/api/v1/audit-logs",
+            "/api/v1/stats",
+        ]
+        for url in reads:
+            response = await client.get(url, headers=admin.headers)
+            assert response.status_code == 200, (url, response.text)
+        assert (await client.get(user_url, headers=admin.headers)).json()["email"] == (
+            viewer.user.email
+        )
+
+        created = await client.post(
+            "/api/v1/users",
+            json={"email": "new@example.com", "password": "x" * 12, "full_name": "New"},
+            headers=admin.headers,
+        )
+        assert created.status_code == 201
+        patched = await client.patch(
+            user_url, json={"full_name": "Changed in outage"}, headers=admin.headers
+        )
+        assert patched.status_code == 200
+        read = await client.get(user_url, headers=admin.headers)
+        assert (read.status_code, read.json()["full_name"]) == (200, "Changed in outage")
+        assert (await client.delete(user_url, headers=admin.headers)).status_code == 204
+        assert (await client.get(user_url, headers=admin.headers)).json()["is_active"] is False
+
+        token = await client.post(
+            "/api/v1/auth/token",
+            data={"username": admin.user.email, "password": admin.password},
+        )
+        assert token.status_code == 200
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json() == {"status": "degraded", "database": "ok", "cache": "down"}
+        assert (await client.get("/healthz")).status_code == 200
+        assert (await client.get("/metrics")).status_code == 200
+
+        # A few failed calls opened the breaker; nothing else was sent to the dead server.
+        assert resources.cache.breaker_open
+        assert resources.cache.calls - calls == FAILURES_TO_OPEN
+        # The failed invalidations wait in PostgreSQL for Redis to come back.
+        assert await count_rows(resources, "cache_invalidations") == 2
+
+
+async def test_redis_frozen_during_a_write_then_resumed_the_next_read_is_fresh(
+    cache_settings: Settings, private_redis: PrivateRedis, raw_redis: Redis
+) -> None:
+    settings = cache_settings.model_copy(
+        update={"redis_socket_timeout": Settings.model_fields["redis_socket_timeout"].default}
+    )
+    async with running_app(settings) as application, client_for(application) as client:
+        resources: Resources = application.state.resources
+        admin = await make_account(resources, Role.ADMIN)
+        viewer = await make_account(resources, Role.VIEWER)
+        url = f"/api/v1/users/{viewer.id}"
+        await client.get(url, headers=admin.headers)
+        assert (await client.get(url, headers=admin.headers)).headers["x-cache"] == "hit"
+        old_entry = await user_entry(raw_redis, viewer.id)
+        assert old_entry is not None
+
+        private_redis.pause()
+        try:
+            patched = await client.patch(url, json={"full_name": "Fresh"}, headers=admin.headers)
+            assert patched.status_code == 200
+            assert resources.cache.breaker_open
+            assert await count_rows(resources, "cache_invalidations") == 1
+        finally:
+            private_redis.resume()
+
+        # Whether or not the frozen server ran the timed-out tombstone on waking, put the old
+        # entry back: the worst case, where the failed invalidation never reached Redis.
+        await raw_redis.set(f"fund:v1:user:{viewer.id}", old_entry)
+        await asyncio.sleep(COOLDOWN * 1.5)  # past the cooldown: the next read probes Redis
+
+        read = await client.get(url, headers=admin.headers)
+        assert read.json()["full_name"] == "Fresh"
+        assert not resources.cache.breaker_open
+        assert await user_entry(raw_redis, viewer.id) == TOMBSTONE
+        assert await count_rows(resources, "cache_invalidations") == 0
+
+
+async def test_a_worker_that_never_saw_redis_fail_does_not_serve_the_stale_entry(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    cache_settings: Settings,
+    admin: Account,
+    viewer: Account,
+    raw_redis: Redis,
+) -> None:
+    # Worker A cannot reach Redis (a dead port); worker B, on the live server, notices nothing.
+    unreachable = cache_settings.model_copy(
+        update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"}
+    )
+    url = f"/api/v1/users/{viewer.id}"
+    await client.get(url, headers=admin.headers)
+    assert (await client.get(url, headers=admin.headers)).headers["x-cache"] == "hit"
+    stale = await user_entry(raw_redis, viewer.id)
+
+    async with running_app(unreachable) as worker_a, client_for(worker_a) as client_a:
+        patched = await client_a.patch(url, json={"full_name": "Fresh"}, headers=admin.headers)
+        assert patched.status_code == 200
+
+    # The old entry is still in Redis: only the shared invalidation log protects worker B.
+    assert await user_entry(raw_redis, viewer.id) == stale
+    read = await client.get(url, headers=admin.headers)
+    assert read.json()["full_name"] == "Fresh"
+    assert read.headers["x-cache"] == "miss"
+    assert await user_entry(raw_redis, viewer.id) == TOMBSTONE
+
+
+async def test_readyz_reports_the_outage_and_caching_resumes_by_itself(
+    client: httpx.AsyncClient, admin: Account, viewer: Account, private_redis: PrivateRedis
+) -> None:
+    assert (await client.get("/readyz")).json() == {
+        "status": "ok",
+        "database": "ok",
+        "cache": "ok",
+    }
+    private_redis.stop()
+    down = await client.get("/readyz")
+    assert down.status_code == 200
+    assert down.json() == {"status": "degraded", "database": "ok", "cache": "down"}
+    url = f"/api/v1/users/{viewer.id}"
+    assert (await client.get(url, headers=admin.headers)).headers["x-cache"] == "miss"
+
+    private_redis.start()
+    await asyncio.sleep(COOLDOWN * 1.5)
+
+    assert (await client.get("/readyz")).json()["cache"] == "ok"
+    await client.get(url, headers=admin.headers)
+    again = await client.get(url, headers=admin.headers)
+    assert (again.status_code, again.headers["x-cache"]) == (200, "hit")
+
+
+async def test_login_throttling_works_without_redis(
+    client: httpx.AsyncClient, viewer: Account, private_redis: PrivateRedis
+) -> None:
+    private_redis.stop()
+    wrong = {"username": viewer.user.email, "password": "not the password at all"}
+    for _ in range(5):  # FUND_LOGIN_MAX_FAILURES
+        assert (await client.post("/api/v1/auth/token", data=wrong)).status_code == 401
+
+    throttled = await client.post(
+        "/api/v1/auth/token", data={"username": viewer.user.email, "password": viewer.password}
+    )
+    assert throttled.status_code == 429
+    assert int(throttled.headers["retry-after"]) > 0
