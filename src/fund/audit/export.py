@@ -13,6 +13,7 @@ import orjson
 from sqlalchemy import Row
 
 from fund.audit.repository import EXPORT_COLUMNS
+from fund.audit.schemas import rfc3339
 
 
 class ExportFormat(StrEnum):
@@ -23,17 +24,27 @@ class ExportFormat(StrEnum):
 MEDIA_TYPES = {ExportFormat.JSONL: "application/x-ndjson", ExportFormat.CSV: "text/csv"}
 
 
-def _text(value: Any) -> Any:
+def _json_value(value: Any) -> Any:
+    """An exported value as the API's JSON shows it."""
     if isinstance(value, datetime):
-        return value.isoformat()
+        return rfc3339(value)
     if value is None or isinstance(value, bool | int | str | dict):
         return value
     return str(value)  # INET addresses
 
 
+def _csv_cell(value: Any) -> str:
+    """A JSON value as CSV text: JSON literals for booleans and objects, empty for null."""
+    if value is None:
+        return ""
+    if isinstance(value, bool | dict):
+        return orjson.dumps(value).decode()
+    return str(_json_value(value))
+
+
 def jsonl(batch: Sequence[Row[Any]]) -> bytes:
     return b"".join(
-        orjson.dumps(dict(zip(EXPORT_COLUMNS, map(_text, row), strict=True))) + b"\n"
+        orjson.dumps(dict(zip(EXPORT_COLUMNS, map(_json_value, row), strict=True))) + b"\n"
         for row in batch
     )
 
@@ -46,18 +57,5 @@ def csv_header() -> bytes:
 
 def csv_rows(batch: Sequence[Row[Any]]) -> bytes:
     out = io.StringIO()
-    writer = csv.writer(out)
-    for row in batch:
-        writer.writerow(
-            [
-                orjson.dumps(v).decode()
-                if isinstance(v, dict)
-                else ("true" if v else "false")
-                if isinstance(v, bool)
-                else ""
-                if v is None
-                else _text(v)
-                for v in row
-            ]
-        )
+    csv.writer(out).writerows([_csv_cell(value) for value in row] for row in batch)
     return out.getvalue().encode()

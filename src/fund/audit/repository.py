@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -17,9 +17,11 @@ from fund.models import AuditLog
 
 KEYSET = Keyset(AuditLog.timestamp, AuditLog.id)
 EXPORT_BATCH = 5_000
-# A stream must start at once and hold nothing: only an index can deliver page order, never a
-# Sort of the whole match set (planned for full retrieval, the cost model would pick one).
-EXPORT_PLANNER_SETTINGS = (
+# Audit reads come in index order or not at all: with sorts priced out, the planner must walk an
+# ordered (…, timestamp DESC, id DESC) index and stop after the page. Left to its cost model it
+# answers small or underestimated match sets with a bitmap scan and a sort of the whole match set,
+# and a full export with a scan and a sort (docs/AUDIT.md, "Query plans"). Transaction-local.
+INDEX_ORDER_ONLY = (
     "SELECT set_config('enable_sort', 'off', true), "
     "set_config('enable_incremental_sort', 'off', true)"
 )
@@ -82,6 +84,7 @@ class AuditRepository:
     async def page(
         self, filters: AuditFilters, *, limit: int, position: Position | None, encode: Any
     ) -> Page[AuditLog]:
+        await self.session.execute(text(INDEX_ORDER_ONLY))
         return await keyset_page(
             self.session,
             self._filtered(filters),
@@ -103,13 +106,13 @@ class AuditRepository:
 
     async def stream_rows(
         self, filters: AuditFilters, *, batch: int = EXPORT_BATCH
-    ) -> AsyncIterator[Sequence[Row[Any]]]:
+    ) -> AsyncGenerator[Sequence[Row[Any]], None]:
         """Every matching entry in page order, as plain rows in batches from a server-side cursor.
 
         Rows, not ORM objects: nothing accumulates in the identity map, so memory stays flat.
         One transaction, so the export is one consistent snapshot however long it streams.
         """
-        await self.session.execute(text(EXPORT_PLANNER_SETTINGS))
+        await self.session.execute(text(INDEX_ORDER_ONLY))
         stmt = self.export_statement(filters).execution_options(yield_per=batch)
         result = await self.session.stream(stmt)
         try:
@@ -147,5 +150,5 @@ class AuditRepository:
         rows = await self.session.execute(
             select(AuditLog.action, func.count()).group_by(AuditLog.action)
         )
-        by_action = {action: count for action, count in rows}
+        by_action = dict(rows.tuples().all())
         return {"total": total, "last_24h": last_24h, "by_action": by_action}

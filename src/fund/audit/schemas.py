@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_serializer, field_validator
+
+
+def rfc3339(moment: datetime) -> str:
+    """The one rendering of an entry's time, in the API and the export alike: UTC, ``Z``, µs."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 class Action(StrEnum):
@@ -41,9 +46,13 @@ class AuditLogRead(BaseModel):
     @field_validator("ip_address", mode="before")
     @classmethod
     def _ip_as_text(cls, value: object) -> object:
-        if isinstance(value, IPv4Address | IPv6Address):
+        if isinstance(value, IPv4Address | IPv6Address | IPv4Interface | IPv6Interface):
             return str(value)
         return value
+
+    @field_serializer("timestamp")
+    def _timestamp_as_text(self, value: datetime) -> str:
+        return rfc3339(value)
 
 
 class AuditFilters(BaseModel):
@@ -58,3 +67,14 @@ class AuditFilters(BaseModel):
     since: AwareDatetime | None = None
     until: AwareDatetime | None = None
     include_deleted: bool = False
+
+    @field_validator("since", "until")
+    @classmethod
+    def _in_utc(cls, value: datetime | None) -> datetime | None:
+        """One instant, one cursor scope, whatever offset it was written with."""
+        if value is None:
+            return None
+        try:
+            return value.astimezone(UTC)
+        except OverflowError as exc:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+            raise ValueError("out of range") from exc

@@ -2,9 +2,10 @@
 
 UPDATE is refused unless the only change is ``is_deleted`` going from false to
 true; DELETE is refused by a row trigger and TRUNCATE, which skips row
-triggers, by a statement trigger. This holds for every role that does not own
-the table or disable triggers; the application role should not own it
-(docs/OPERATIONS.md).
+triggers, by a statement trigger. This holds for every role that can neither
+disable triggers nor drop the table: the application role must not own the
+table, its schema or the database, nor be a superuser (docs/AUDIT.md gives the
+GRANTs).
 
 Revision ID: 003
 Revises: 002
