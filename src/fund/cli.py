@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import shutil
+import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from types import FrameType
 
 from alembic import command
 from pydantic import ValidationError
@@ -16,6 +21,7 @@ from fund.config import Environment, Settings, UnsafeSettingsError, get_settings
 from fund.db import alembic_config
 from fund.kit import embedded
 from fund.kit.logging import configure_logging
+from fund.kit.metrics import MULTIPROC_DIR_ENV
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -27,13 +33,26 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"fund: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
     configure_logging(json=settings.logs_as_json, level=settings.log_level)
+    # SIGTERM (a process manager stopping us) must unwind like Ctrl-C, so that the
+    # embedded servers this command started are stopped too.
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         code = args.handler(args, settings)
     except KeyboardInterrupt:
         code = 130
+    except Terminated:
+        code = 128 + signal.SIGTERM
     finally:
         embedded.stop_all()
     raise SystemExit(code or 0)
+
+
+class Terminated(Exception):
+    """SIGTERM arrived."""
+
+
+def _raise_terminated(_signum: int, _frame: FrameType | None) -> None:
+    raise Terminated
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="apply pending migrations, then serve the HTTP API")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--workers", type=_positive_int, default=1)
     serve.set_defaults(handler=_serve)
 
     db = sub.add_parser("db", help="database migrations (Alembic)")
@@ -65,16 +84,25 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--full-name", default=None)
     create.set_defaults(handler=_users_create)
 
-    seed = sub.add_parser("seed", help="bulk synthetic data through COPY")
-    seed.add_argument("--users", type=int, required=True)
-    seed.add_argument("--audit-logs", type=int, required=True)
-    seed.add_argument("--seed", type=int, default=42)
+    seed = sub.add_parser(
+        "seed", help="bulk synthetic users and audit entries, deterministic per seed"
+    )
+    seed.add_argument("--users", type=int, required=True, help="users to add")
+    seed.add_argument("--audit-logs", type=int, required=True, help="audit entries to add")
+    seed.add_argument("--seed", type=int, default=42, help="same seed, same rows (default 42)")
     seed.set_defaults(handler=_seed)
 
     bench = sub.add_parser("bench", help="run the benchmark scenarios and write the report")
     bench.set_defaults(handler=_bench)
     _add_bench_arguments(bench)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def database_url(settings: Settings) -> str:
@@ -104,24 +132,45 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         os.environ["FUND_REDIS_URL"] = embedded.start_valkey(settings.data_dir)
         get_settings.cache_clear()
     assert settings.database_url is not None
+    # Once, here, before any worker exists: workers never race on migrations.
     command.upgrade(alembic_config(settings.database_url), "head")
+    # Made now when it is generated, so the workers all read the same key from disk.
+    settings.secret()
     if settings.env is Environment.DEVELOPMENT:
         asyncio.run(_first_admin(settings))
-    if args.workers > 1:
-        # Each worker writes its metric samples here; /metrics sums them (docs/OPERATIONS.md).
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="fund-metrics-")
-    uvicorn.run(
-        "fund.main:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_config=None,
-        access_log=False,
-        proxy_headers=settings.trust_forwarded_for,
-        timeout_graceful_shutdown=30,
-    )
+    with _metrics_directory(args.workers), contextlib.suppress(Terminated):
+        # A single server re-raises SIGTERM after draining: a requested stop, a clean exit.
+        uvicorn.run(
+            "fund.main:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_config=None,
+            access_log=False,
+            proxy_headers=settings.trust_forwarded_for,
+            timeout_graceful_shutdown=settings.shutdown_timeout,
+        )
     return 0
+
+
+@contextmanager
+def _metrics_directory(workers: int) -> Iterator[None]:
+    """With several workers, an empty directory for their metric files, removed afterwards.
+
+    It is set in the environment before uvicorn spawns the workers, so prometheus_client
+    starts in multiprocess mode in each of them. A directory the operator set is used as is.
+    """
+    if workers <= 1 or os.environ.get(MULTIPROC_DIR_ENV):
+        yield
+        return
+    path = tempfile.mkdtemp(prefix="fund-metrics-")
+    os.environ[MULTIPROC_DIR_ENV] = path
+    try:
+        yield
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        del os.environ[MULTIPROC_DIR_ENV]
 
 
 async def _first_admin(settings: Settings) -> None:

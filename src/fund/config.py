@@ -47,7 +47,11 @@ class Settings(BaseSettings):
     behind_tls: bool = False
     """Set HSTS on responses (the service sits behind a TLS-terminating proxy)."""
     trust_forwarded_for: bool = False
-    """Take the client IP from ``X-Forwarded-For`` (only behind a proxy that sets it)."""
+    """Take the client IP and scheme from ``X-Forwarded-For``/``-Proto`` (only behind a proxy)."""
+    max_request_bytes: int = Field(default=1_048_576, ge=1024)
+    """Largest request body accepted; a larger one is answered 413 without reading it all."""
+    shutdown_timeout: int = Field(default=30, ge=1)
+    """Seconds a stopping worker waits for requests in flight before closing them."""
 
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)

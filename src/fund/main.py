@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,7 +22,8 @@ from fund.config import Settings, get_settings
 from fund.db import create_engine, create_sessionmaker
 from fund.deps import Resources
 from fund.errors import FundError, Unavailable, error_response
-from fund.kit.cache import Cache, create_redis
+from fund.kit import metrics
+from fund.kit.cache import Cache, InvalidationLog, create_redis
 from fund.kit.logging import configure_logging
 from fund.kit.pagination import CursorCodec
 from fund.kit.request_context import RequestContextMiddleware
@@ -37,6 +39,7 @@ API_PREFIX = "/api/v1"
 # SQLSTATE classes: 08 connection, 57P0x shutdown/restart, 53 resources, 40 rollback.
 _UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53", "57014")
 _RETRY_SQLSTATES = ("40001", "40P01")
+_DATA_SQLSTATES = ("22",)  # data exception: bad encoding, out of range, invalid text
 
 
 def build_resources(settings: Settings) -> Resources:
@@ -44,7 +47,13 @@ def build_resources(settings: Settings) -> Resources:
         raise RuntimeError("FUND_DATABASE_URL is not set (the `fund` command starts a database)")
     engine = create_engine(settings.database_url, settings)
     redis = create_redis(settings.effective_redis_url(), settings.redis_socket_timeout)
-    cache = Cache(redis, cooldown=settings.redis_breaker_cooldown)
+    cache = Cache(
+        redis,
+        cooldown=settings.redis_breaker_cooldown,
+        invalidation_log=InvalidationLog.for_database(
+            settings.database_url, timeout=settings.db_connect_timeout
+        ),
+    )
     secret = settings.secret()
     return Resources(
         settings=settings,
@@ -69,12 +78,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resources = build_resources(settings)
         app.state.resources = resources
-        log.info("started", env=settings.env.value)
+        log.info("started", env=settings.env.value, pid=os.getpid())
         try:
             yield
         finally:
+            # uvicorn has drained the requests in flight (FUND_SHUTDOWN_TIMEOUT) by now.
             await resources.cache.close()
             await resources.engine.dispose()
+            metrics.worker_exited()
+            log.info("stopped", pid=os.getpid())
 
     app = FastAPI(
         title="Fund backend",
@@ -84,7 +96,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url="/redoc" if settings.docs_on else None,
         openapi_url="/openapi.json" if settings.docs_on else None,
     )
-    app.add_middleware(RequestContextMiddleware, hsts=settings.behind_tls)
+    app.add_middleware(
+        RequestContextMiddleware,
+        hsts=settings.behind_tls,
+        max_body_bytes=settings.max_request_bytes,
+    )
     install_error_handlers(app)
     for router in (auth_router, users_router, audit_router, stats_router):
         app.include_router(router, prefix=API_PREFIX)
@@ -122,6 +138,10 @@ def install_error_handlers(app: FastAPI) -> None:
         ):
             log.warning("database_unavailable", error=type(error.orig).__name__, sqlstate=sqlstate)
             return error_response(Unavailable())
+        if sqlstate.startswith(_DATA_SQLSTATES):
+            # A value the schemas let through but PostgreSQL cannot store: still the input's fault.
+            log.warning("database_rejected_value", sqlstate=sqlstate)
+            return JSONResponse({"detail": "Invalid value"}, status_code=422)
         log.error("database_error", sqlstate=sqlstate, error=str(error.orig)[:500])
         return JSONResponse({"detail": "Internal server error"}, status_code=500)
 

@@ -1,8 +1,10 @@
 """Prometheus metrics.
 
-With several workers, ``fund serve`` points ``PROMETHEUS_MULTIPROC_DIR`` at a
-fresh directory before the workers start; each worker then writes its samples
-there and ``/metrics`` sums them across processes.
+With several workers, ``fund serve`` points ``PROMETHEUS_MULTIPROC_DIR`` at an
+empty directory before the workers are spawned, so each worker imports
+``prometheus_client`` already in multiprocess mode and writes its samples to
+its own files there; ``/metrics``, whichever worker answers, sums the files of
+every worker, past and present (counters stay monotonic across worker restarts).
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ import os
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    REGISTRY,
     CollectorRegistry,
     Counter,
     Histogram,
     generate_latest,
     multiprocess,
 )
+
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 REQUESTS = Counter(
     "fund_http_requests_total",
@@ -37,12 +42,20 @@ CACHE_ERRORS = Counter(
 )
 
 
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_DIR_ENV) or None
+
+
 def render() -> tuple[bytes, str]:
     """The exposition text, summed over all worker processes when there are several."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if multiprocess_dir():
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
-    from prometheus_client import REGISTRY
-
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def worker_exited() -> None:
+    """Tell the multiprocess collector this worker is gone (drops its live-gauge files)."""
+    if multiprocess_dir():
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]

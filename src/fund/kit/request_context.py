@@ -1,6 +1,9 @@
 """Per-request context: the request id, the caller, timing, metrics and the access log line.
 
 A pure ASGI middleware (no ``BaseHTTPMiddleware``): it adds no task or copy per request.
+It also answers the requests that must never reach the application: a malformed ``Host``
+header (400), headers over 64 KiB (431) and a body over the configured size (413), so none
+can become a 500 or an unbounded read.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ import uuid
 from contextvars import ContextVar
 from typing import Any
 
+import orjson
 import structlog
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fund.kit import metrics
@@ -19,8 +24,15 @@ from fund.kit import metrics
 _request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 _user_id: ContextVar[int | None] = ContextVar("user_id", default=None)
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+# A DNS name or IPv4 address, or a bracketed IPv6 address, with an optional port.
+_VALID_HOST = re.compile(r"^(?:[A-Za-z0-9_\-.]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?$")
+HSTS = b"max-age=63072000; includeSubDomains"
+BODY_TOO_LARGE = "Request body too large"
+# uvicorn's httptools parser sets no bound on headers; nothing legitimate sends this much.
+MAX_HEADER_BYTES = 64 * 1024
 
 access_log = structlog.get_logger("fund.access")
+error_log = structlog.get_logger("fund.errors")
 
 
 def request_id() -> str | None:
@@ -42,16 +54,24 @@ def client_ip(scope: Scope, *, trust_forwarded: bool) -> str | None:
 
 
 def route_template(scope: Scope) -> str:
-    """The route's path template (``/api/v1/users/{id}``), never the raw path."""
-    route = scope.get("route")
-    path = getattr(route, "path", None)
+    """The route's path template (``/api/v1/users/{user_id}``), never the raw path."""
+    # FastAPI keeps an included router's route with its own relative path ("/users/{user_id}");
+    # the full template, prefixes included, is on the route context it records in the scope.
+    fastapi_scope = scope.get("fastapi")
+    effective = (
+        fastapi_scope.get("effective_route_context") if isinstance(fastapi_scope, dict) else None
+    )
+    path = getattr(effective, "path", None) or getattr(scope.get("route"), "path", None)
     return path if isinstance(path, str) else "unmatched"
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, hsts: bool = False) -> None:
+    def __init__(
+        self, app: ASGIApp, *, hsts: bool = False, max_body_bytes: int = 1_048_576
+    ) -> None:
         self.app = app
         self.hsts = hsts
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -65,26 +85,40 @@ class RequestContextMiddleware:
         structlog.contextvars.bind_contextvars(request_id=rid)
         start = time.perf_counter()
         status = 500
+        started = False
         is_api = scope["path"].startswith("/api/")
+        # Behind a TLS-terminating proxy (or when uvicorn serves TLS itself) browsers keep to https.
+        hsts = self.hsts or scope.get("scheme") == "https"
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
+                started = True
                 status = message["status"]
                 headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
                 headers.append((b"x-request-id", rid.encode()))
                 headers.append((b"x-content-type-options", b"nosniff"))
-                if is_api:
+                if is_api and b"cache-control" not in present:
                     headers.append((b"cache-control", b"no-store"))
-                if self.hsts:
-                    headers.append(
-                        (b"strict-transport-security", b"max-age=63072000; includeSubDomains")
-                    )
+                if hsts:
+                    headers.append((b"strict-transport-security", HSTS))
                 message["headers"] = headers
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_headers)
+            rejection = self._reject(scope)
+            if rejection is not None:
+                await _send_error(send_with_headers, *rejection)
+            else:
+                await self.app(scope, self._limited(receive), send_with_headers)
+        except Exception as error:
+            if started:
+                raise  # too late for an error response; uvicorn closes the connection
+            # Answered here rather than by Starlette's outer error middleware, so that this
+            # 500 too carries the request id and is counted and logged with it.
+            error_log.exception("unhandled_error", error=type(error).__name__)
+            await _send_error(send_with_headers, 500, "Internal server error")
         finally:
             elapsed = time.perf_counter() - start
             route = route_template(scope)
@@ -96,10 +130,61 @@ class RequestContextMiddleware:
                 "route": route,
                 "status": status,
                 "latency_ms": round(elapsed * 1000, 2),
+                "user_id": _user_id.get(),
             }
             access_log.info("request", **fields)
             _request_id.reset(token)
             _user_id.reset(user_token)
+
+    def _reject(self, scope: Scope) -> tuple[int, str] | None:
+        """A request answered here, before the application: (status, detail), or None."""
+        headers = scope.get("headers", [])
+        if sum(len(name) + len(value) for name, value in headers) > MAX_HEADER_BYTES:
+            return 431, "Request header fields too large"
+        for name, value in headers:
+            if name == b"host" and not _VALID_HOST.match(value.decode("latin-1")):
+                return 400, "Invalid Host header"
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    return 400, "Invalid Content-Length header"
+                if declared > self.max_body_bytes:
+                    return 413, BODY_TOO_LARGE
+        return None
+
+    def _limited(self, receive: Receive) -> Receive:
+        """``receive`` that stops a chunked body once it passes the limit."""
+        received = 0
+        limit = self.max_body_bytes
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    # FastAPI passes an HTTPException raised while reading the body through.
+                    raise HTTPException(413, BODY_TOO_LARGE)
+            return message
+
+        return limited_receive
+
+
+async def _send_error(send: Send, status: int, detail: str) -> None:
+    body = orjson.dumps({"detail": detail})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def _incoming_request_id(scope: Scope) -> str | None:

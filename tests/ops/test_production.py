@@ -1,0 +1,167 @@
+"""Production mode refuses unsafe settings; the HTTP edge answers hostile input with 4xx."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from fund.config import Environment, Settings, UnsafeSettingsError
+from fund.main import create_app
+from tests.conftest import SECRET, Account
+from tests.ops.processes import FUND, environment_without_fund
+
+
+def production(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "env": Environment.PRODUCTION,
+        "database_url": "postgresql+asyncpg://fund@db.internal/fund",
+        "secret_key": SECRET,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+def test_production_settings_refuse_unsafe_defaults() -> None:
+    with pytest.raises(UnsafeSettingsError, match="FUND_SECRET_KEY"):
+        production(secret_key=None)
+    with pytest.raises(UnsafeSettingsError, match="at least 32 characters"):
+        production(secret_key="too-short-a-key")
+    with pytest.raises(UnsafeSettingsError, match="FUND_DATABASE_URL"):
+        production(database_url=None)
+    safe = production()
+    assert safe.is_production and not safe.docs_on and safe.logs_as_json
+    assert production(docs_enabled=True).docs_on
+    # Development keeps its conveniences: no key, embedded database.
+    assert Settings(_env_file=None, env=Environment.DEVELOPMENT).docs_on
+
+
+def run_fund(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 (our own command, fixed arguments)
+        [FUND, "serve", "--port", "1"],
+        check=False,
+        env=environment_without_fund(FUND_ENV="production", FUND_DATA_DIR=str(tmp_path), **env),
+        cwd=tmp_path,  # no stray .env
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_fund_command_refuses_to_start_in_production_without_safe_settings(tmp_path: Path) -> None:
+    no_key = run_fund(tmp_path, FUND_DATABASE_URL="postgresql+asyncpg://fund@db.internal/fund")
+    assert no_key.returncode == 2
+    assert "FUND_SECRET_KEY" in no_key.stderr
+    short_key = run_fund(
+        tmp_path,
+        FUND_DATABASE_URL="postgresql+asyncpg://fund@db.internal/fund",
+        FUND_SECRET_KEY="short",
+    )
+    assert short_key.returncode == 2
+    assert "at least 32 characters" in short_key.stderr
+    embedded = run_fund(tmp_path, FUND_SECRET_KEY=SECRET)
+    assert embedded.returncode == 2
+    assert "FUND_DATABASE_URL" in embedded.stderr
+    assert "Traceback" not in no_key.stderr + short_key.stderr + embedded.stderr
+    assert not (tmp_path / "postgres").exists()  # nothing was started
+
+
+@pytest.fixture
+async def production_app(settings: Settings) -> AsyncIterator[FastAPI]:
+    prod = settings.model_copy(update={"env": Environment.PRODUCTION, "behind_tls": True})
+    application = create_app(prod)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+async def test_production_turns_docs_off_and_sets_security_headers(
+    production_app: FastAPI, admin: Account
+) -> None:
+    transport = httpx.ASGITransport(app=production_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            assert (await http.get(path)).status_code == 404
+        response = await http.get("/api/v1/users/me", headers=admin.headers)
+    assert response.status_code == 200
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["strict-transport-security"].startswith("max-age=")
+
+
+async def test_development_serves_docs_and_sets_hsts_only_over_https(app: FastAPI) -> None:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        docs = await http.get("/docs")
+        assert docs.status_code == 200
+        assert "strict-transport-security" not in docs.headers
+        assert docs.headers["x-content-type-options"] == "nosniff"
+        assert "no-store" not in docs.headers.get("cache-control", "")
+    async with httpx.AsyncClient(transport=transport, base_url="https://test") as https:
+        secure = await https.get("/healthz")
+    assert secure.headers["strict-transport-security"].startswith("max-age=")
+
+
+async def test_oversized_body_is_413_whether_declared_or_streamed(
+    client: httpx.AsyncClient, settings: Settings, admin: Account
+) -> None:
+    big = b'{"email": "a@example.com", "full_name": "' + b"x" * settings.max_request_bytes + b'"}'
+    declared = await client.post(
+        "/api/v1/users", content=big, headers={**admin.headers, "Content-Type": "application/json"}
+    )
+    assert declared.status_code == 413
+    assert declared.json() == {"detail": "Request body too large"}
+    assert declared.headers["x-request-id"]
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(big), 65536):
+            yield big[start : start + 65536]
+
+    streamed = await client.post(
+        "/api/v1/users",
+        content=chunks(),
+        headers={**admin.headers, "Content-Type": "application/json"},
+    )
+    assert streamed.status_code == 413
+    form = await client.post(
+        "/api/v1/auth/token",
+        content=chunks(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert form.status_code == 413
+
+
+@pytest.mark.parametrize(
+    "host", ["[", "bad host", "a/b", "x" * 300, "example.com:99999999", "[::1", "exa\\mple.com"]
+)
+async def test_malformed_host_is_400_never_500(client: httpx.AsyncClient, host: str) -> None:
+    response = await client.get("/api/v1/users/me", headers={"Host": host})
+    assert response.status_code == 400
+    assert response.json() == {"detail": "Invalid Host header"}
+
+
+@pytest.mark.parametrize(
+    "host", ["example.com", "127.0.0.1:8000", "[::1]:8000", "api.fund-internal"]
+)
+async def test_wellformed_host_passes(client: httpx.AsyncClient, host: str) -> None:
+    assert (await client.get("/healthz", headers={"Host": host})).status_code == 200
+
+
+async def test_bad_content_length_is_400(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/api/v1/auth/token", content=b"username=a", headers={"Content-Length": "ten"}
+    )
+    assert response.status_code == 400
+    assert response.json() == {"detail": "Invalid Content-Length header"}
+
+
+async def test_huge_headers_are_431(client: httpx.AsyncClient, admin: Account) -> None:
+    padded = {**admin.headers, "X-Padding": "x" * 70_000}
+    response = await client.get("/api/v1/users/me", headers=padded)
+    assert response.status_code == 431
+    assert response.json() == {"detail": "Request header fields too large"}
+    assert (await client.get("/api/v1/users/me", headers=admin.headers)).status_code == 200
