@@ -5,6 +5,12 @@ as a row-value comparison ``(key, id) < (:key, :id)``, which a btree index on
 ``(…, key DESC, id DESC)`` answers as an index condition: no OFFSET, so a page
 costs the same at any depth. The extra row tells whether anything follows.
 
+A page read from a cursor is one statement of two index-bounded halves joined by
+``UNION ALL``: the page (``limit + 1`` rows beyond the position) and a one-row
+probe the other way (does anything lie before the page?). So ``next_cursor`` is
+null exactly when nothing follows the page and ``prev_cursor`` exactly when
+nothing precedes it, both read in one snapshot, in every path.
+
 A cursor carries the position (the sort key to the microsecond and the id), the
 direction and a digest of the route and its filters, and is HMAC-signed; a
 cursor that was tampered with, truncated, or made for another route or other
@@ -14,10 +20,10 @@ filters is refused as a whole with one generic error.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import json
+import re
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Select, tuple_
+from sqlalchemy import Select, tuple_, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -35,7 +41,8 @@ _VERSION = 1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _PAYLOAD = struct.Struct(">BBqq8s")  # version, direction, key µs since epoch, id, scope digest
 _MAC_BYTES = 16
-_MAX_TOKEN_CHARS = 128
+# 42 bytes are exactly 56 base64 characters with no spare bits: one spelling per cursor.
+_TOKEN = re.compile(rf"[A-Za-z0-9_-]{{{(_PAYLOAD.size + _MAC_BYTES) * 4 // 3}}}")
 
 
 class Direction(Enum):
@@ -72,18 +79,17 @@ class CursorCodec:
     def encode(self, scope: bytes, position: Position) -> str:
         micros = (position.key - _EPOCH) // timedelta(microseconds=1)
         payload = _PAYLOAD.pack(_VERSION, position.direction.value, micros, position.id, scope)
+        return self._seal(payload)
+
+    def _seal(self, payload: bytes) -> str:
         mac = hmac.new(self._key, payload, hashlib.sha256).digest()[:_MAC_BYTES]
-        return base64.urlsafe_b64encode(payload + mac).rstrip(b"=").decode()
+        return base64.urlsafe_b64encode(payload + mac).decode()
 
     def decode(self, scope: bytes, token: str) -> Position:
-        if not token or len(token) > _MAX_TOKEN_CHARS or not token.isascii():
+        # The lenient base64 decoder skips foreign characters; only the one exact spelling passes.
+        if not _TOKEN.fullmatch(token):
             raise InvalidCursor
-        try:
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        except (binascii.Error, ValueError) as exc:
-            raise InvalidCursor from exc
-        if len(raw) != _PAYLOAD.size + _MAC_BYTES:
-            raise InvalidCursor
+        raw = base64.urlsafe_b64decode(token)
         payload, mac = raw[: _PAYLOAD.size], raw[_PAYLOAD.size :]
         expected = hmac.new(self._key, payload, hashlib.sha256).digest()[:_MAC_BYTES]
         if not hmac.compare_digest(mac, expected):
@@ -126,51 +132,79 @@ async def keyset_page(
     encode: Callable[[Position], str],
     key_of: Callable[[T], tuple[datetime, int]],
 ) -> Page[T]:
-    """Run ``stmt`` (filters applied, no ORDER BY) as one page from ``position``."""
-    sort = tuple_(keyset.key, keyset.id)
-    if position is None or position.direction is Direction.NEXT:
-        query = stmt.order_by(keyset.key.desc(), keyset.id.desc()).limit(limit + 1)
-        if position is not None:
-            query = query.where(sort < tuple_(position.key, position.id))
-        rows = list((await session.scalars(query)).all())
-        more = len(rows) > limit
+    """Run ``stmt`` (filters applied, no ORDER BY) as one page from ``position``.
+
+    One SQL statement whatever the path. The page holds the ``limit`` rows nearest
+    the position in its direction, newest first; a backward walk that reaches the
+    start gets the rows that remain, like the last page of a forward walk.
+    """
+    newest_first = (keyset.key.desc(), keyset.id.desc())
+    oldest_first = (keyset.key.asc(), keyset.id.asc())
+    if position is None:
+        rows = list((await session.scalars(stmt.order_by(*newest_first).limit(limit + 1))).all())
         items = rows[:limit]
+        more = len(rows) > limit
+        return Page(items, encode(_at(key_of(items[-1]), Direction.NEXT)) if more else None, None)
+
+    sort = tuple_(keyset.key, keyset.id)
+    # Typed binds: a bigint id must not be cast to integer, and the row comparison
+    # must match the index columns' types to stay an index condition.
+    at = tuple_(position.key, position.id, types=[keyset.key.type, keyset.id.type])
+    here = (position.key, position.id)
+    forward = position.direction is Direction.NEXT
+    if forward:
+        page = stmt.where(sort < at).order_by(*newest_first).limit(limit + 1)
+        probe = stmt.where(sort >= at).order_by(*oldest_first).limit(1)
+    else:
+        page = stmt.where(sort > at).order_by(*oldest_first).limit(limit + 1)
+        probe = stmt.where(sort <= at).order_by(*newest_first).limit(1)
+    rows = list((await session.scalars(stmt.from_statement(union_all(page, probe)))).all())
+
+    # UNION ALL promises no order across its halves: split and sort by the key itself.
+    beyond = sorted(
+        (r for r in rows if (key_of(r) < here if forward else key_of(r) > here)),
+        key=key_of,
+        reverse=forward,
+    )
+    behind = len(beyond) < len(rows)  # the probe found a row on the other side
+    more = len(beyond) > limit
+    nearest = beyond[:limit]
+    if forward:
         return Page(
-            items,
-            encode(_at(key_of(items[-1]), Direction.NEXT)) if more else None,
-            _prev_of_forward(position, items, encode, key_of),
+            nearest,
+            encode(_at(key_of(nearest[-1]), Direction.NEXT)) if more else None,
+            _back_cursor(nearest, position, encode, key_of) if behind else None,
         )
-
-    query = (
-        stmt.where(sort > tuple_(position.key, position.id))
-        .order_by(keyset.key.asc(), keyset.id.asc())
-        .limit(limit + 1)
-    )
-    rows = list((await session.scalars(query)).all())
-    if not rows:  # nothing newer any more: the first page is the page before
-        return await keyset_page(
-            session, stmt, keyset, limit=limit, position=None, encode=encode, key_of=key_of
-        )
-    more = len(rows) > limit
-    items = rows[:limit][::-1]
+    newer_first = nearest[::-1]
     return Page(
-        items,
-        encode(_at(key_of(items[-1]), Direction.NEXT)),
-        encode(_at(key_of(items[0]), Direction.PREV)) if more else None,
+        newer_first,
+        _forward_cursor(newer_first, position, encode, key_of) if behind else None,
+        encode(_at(key_of(newer_first[0]), Direction.PREV)) if more else None,
     )
 
 
-def _prev_of_forward(
-    position: Position | None,
+def _back_cursor(
     items: Sequence[T],
+    position: Position,
     encode: Callable[[Position], str],
     key_of: Callable[[T], tuple[datetime, int]],
-) -> str | None:
-    if position is None:
-        return None
-    if not items:  # rows past the position vanished from the filter: go back from it
-        return encode(Position(position.key, position.id, Direction.PREV))
-    return encode(_at(key_of(items[0]), Direction.PREV))
+) -> str:
+    if items:
+        return encode(_at(key_of(items[0]), Direction.PREV))
+    # An empty page (its rows left the filter meanwhile): go back from the position
+    # itself, inclusive; ids are integers, so "> id - 1" is ">= id".
+    return encode(Position(position.key, position.id - 1, Direction.PREV))
+
+
+def _forward_cursor(
+    items: Sequence[T],
+    position: Position,
+    encode: Callable[[Position], str],
+    key_of: Callable[[T], tuple[datetime, int]],
+) -> str:
+    if items:
+        return encode(_at(key_of(items[-1]), Direction.NEXT))
+    return encode(Position(position.key, position.id + 1, Direction.NEXT))  # "< id + 1" is "<= id"
 
 
 def _at(key: tuple[datetime, int], direction: Direction) -> Position:

@@ -1,0 +1,206 @@
+"""Query plans of every ``GET /users`` page over 200k users: index-bounded at any depth.
+
+The statements are the repository's own (captured as they are sent), explained with
+ANALYZE on a database loaded once for the module, server-side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+from fund.kit.pagination import Direction, Position
+from fund.models import Role
+from fund.users.repository import UserFilters, UserRepository
+from tests.conftest import clone_database, drop_database
+from tests.services import PostgresServer
+
+pytestmark = pytest.mark.slow
+
+USERS = 200_000
+DEPTH = 150_000
+LIMIT = 20
+# A rare substring, as real search terms are: 17 of the rows, on both sides of DEPTH.
+RARE = "12345"
+
+
+@dataclass(frozen=True)
+class Loaded:
+    engine: AsyncEngine
+    deep: tuple[datetime, int]
+
+
+@pytest.fixture(scope="module")
+async def loaded(postgres: PostgresServer, template_database: str) -> AsyncIterator[Loaded]:
+    name = await clone_database(postgres, template_database)
+    engine = create_async_engine(postgres.url(name))
+    try:
+        async with engine.begin() as conn:
+            # Three rows share each created_at: ties are broken by id, as in production.
+            await conn.execute(
+                text(
+                    "INSERT INTO users (email, full_name, hashed_password, role, is_active,"
+                    " created_at, updated_at)"
+                    " SELECT 'user' || i || '@plans.test', 'Person ' || md5(i::text), 'x',"
+                    "  (CASE WHEN i % 50 = 0 THEN 'ADMIN' WHEN i % 3 = 0 THEN 'ANALYST'"
+                    "   ELSE 'VIEWER' END)::user_role,"
+                    "  i % 30 <> 0,"
+                    "  timestamptz '2025-01-01' + (i / 3) * interval '1 millisecond', now()"
+                    " FROM generate_series(1, :n) AS i"
+                ),
+                {"n": USERS},
+            )
+        async with engine.connect() as conn:
+            # As autovacuum leaves a loaded table: statistics, visibility map, and the GIN
+            # pending list merged (pending entries make a trigram scan look dearer).
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(text("VACUUM ANALYZE users"))
+            deep = (
+                await conn.execute(
+                    text(
+                        "SELECT created_at, id FROM users ORDER BY created_at DESC, id DESC"
+                        " OFFSET :depth LIMIT 1"
+                    ),
+                    {"depth": DEPTH},
+                )
+            ).one()
+        yield Loaded(engine, (deep[0], deep[1]))
+    finally:
+        await engine.dispose()
+        await drop_database(postgres, name)
+
+
+async def explain(engine: AsyncEngine, filters: UserFilters, position: Position | None) -> Any:
+    """The plan of the statement ``UserRepository.page`` sends, with actual row counts."""
+    sent: list[tuple[str, Any]] = []
+
+    def capture(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
+        sent.append((statement, parameters))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", capture)
+    try:
+        async with async_sessionmaker(engine)() as session:
+            page = await UserRepository(session).page(
+                filters, limit=LIMIT, position=position, encode=lambda _: "cursor"
+            )
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", capture)
+    assert len(sent) == 1  # one statement per page, whatever the path
+    assert page.items
+    statement, parameters = sent[0]
+    assert "OFFSET" not in statement.upper()
+    async with engine.connect() as conn:
+        result = await conn.exec_driver_sql(
+            f"EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, FORMAT JSON) {statement}", parameters
+        )
+        return result.scalar_one()[0]["Plan"]
+
+
+def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from nodes(child)
+
+
+# Rare values: only the index made for the filter reads a page and nothing else.
+FILTERS = {
+    "none": (UserFilters(), "idx_users_created_at_desc"),
+    "role": (UserFilters(role=Role.ADMIN), "idx_users_role"),
+    "is_active": (UserFilters(is_active=False), "idx_users_created_at_is_active"),
+    "role+is_active": (
+        UserFilters(role=Role.ADMIN, is_active=False),
+        "idx_users_role_is_active",
+    ),
+}
+# Common values: the planner may walk a shorter index and skip the few misses.
+COMMON = {
+    "role": UserFilters(role=Role.VIEWER),
+    "is_active": UserFilters(is_active=True),
+    "role+is_active": UserFilters(role=Role.VIEWER, is_active=True),
+}
+WHERE = ["first", "deep-next", "deep-prev"]
+
+
+def position_at(where: str, loaded: Loaded) -> Position | None:
+    if where == "first":
+        return None
+    direction = Direction.NEXT if where == "deep-next" else Direction.PREV
+    return Position(loaded.deep[0], loaded.deep[1], direction)
+
+
+@pytest.mark.parametrize("where", WHERE)
+@pytest.mark.parametrize("name", list(FILTERS))
+async def test_filtered_pages_are_index_scans_that_read_one_page(
+    loaded: Loaded, name: str, where: str
+) -> None:
+    filters, index = FILTERS[name]
+    plan = await explain(loaded.engine, filters, position_at(where, loaded))
+    kinds = [n["Node Type"] for n in nodes(plan)]
+    assert "Seq Scan" not in kinds
+    assert "Sort" not in kinds
+    scans = [n for n in nodes(plan) if n["Node Type"] in ("Index Scan", "Index Only Scan")]
+    # The page itself comes from the filter's own index, every row read kept: filters and
+    # the keyset position are index conditions.
+    page = max(scans, key=lambda n: n["Actual Rows"])
+    assert page["Actual Rows"] == LIMIT + 1
+    assert page["Index Name"] == index
+    assert page.get("Rows Removed by Filter", 0) == 0
+    for scan in scans:  # the one-row probe may take any index, and reads a few rows at most
+        assert scan["Actual Rows"] + scan.get("Rows Removed by Filter", 0) <= 4 * (LIMIT + 1)
+        if where != "first":
+            assert "created_at, id) " in scan["Index Cond"]
+
+
+@pytest.mark.parametrize("where", WHERE)
+@pytest.mark.parametrize("name", list(COMMON))
+async def test_common_filter_values_read_about_one_page_from_an_index(
+    loaded: Loaded, name: str, where: str
+) -> None:
+    plan = await explain(loaded.engine, COMMON[name], position_at(where, loaded))
+    kinds = [n["Node Type"] for n in nodes(plan)]
+    assert "Seq Scan" not in kinds
+    assert "Sort" not in kinds
+    scans = [n for n in nodes(plan) if n["Node Type"] in ("Index Scan", "Index Only Scan")]
+    assert scans
+    read = sum(n["Actual Rows"] + n.get("Rows Removed by Filter", 0) for n in scans)
+    assert read <= 4 * (LIMIT + 1)
+
+
+@pytest.mark.parametrize("where", WHERE)
+@pytest.mark.parametrize(
+    "filters",
+    [UserFilters(q=RARE), UserFilters(q=RARE, role=Role.VIEWER)],
+    ids=["q", "q+role"],
+)
+async def test_search_pages_use_the_trigram_indexes(
+    loaded: Loaded, filters: UserFilters, where: str
+) -> None:
+    plan = await explain(loaded.engine, filters, position_at(where, loaded))
+    kinds = [n["Node Type"] for n in nodes(plan)]
+    assert "Seq Scan" not in kinds
+    bitmap_indexes = {n["Index Name"] for n in nodes(plan) if n["Node Type"] == "Bitmap Index Scan"}
+    assert {"idx_users_email_trgm", "idx_users_full_name_trgm"} <= bitmap_indexes
+    # The matches are sorted, not the table: a sort never sees more rows than matched.
+    heaps = [n for n in nodes(plan) if n["Node Type"] == "Bitmap Heap Scan"]
+    assert heaps
+    assert all(n["Actual Rows"] < USERS // 1000 for n in heaps)
+
+
+@pytest.mark.parametrize("where", WHERE)
+async def test_a_common_search_term_walks_the_time_index_and_stops_after_a_page(
+    loaded: Loaded, where: str
+) -> None:
+    # Every row matches: reading the newest rows until a page is full beats sorting them all.
+    plan = await explain(loaded.engine, UserFilters(q="@plans."), position_at(where, loaded))
+    kinds = [n["Node Type"] for n in nodes(plan)]
+    assert "Seq Scan" not in kinds
+    assert "Sort" not in kinds
+    scans = [n for n in nodes(plan) if n["Node Type"] == "Index Scan"]
+    assert {n["Index Name"] for n in scans} == {"idx_users_created_at_desc"}
+    assert all(n["Actual Rows"] <= LIMIT + 1 for n in scans)
