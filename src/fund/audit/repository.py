@@ -135,7 +135,13 @@ class AuditRepository:
             .lateral("latest")
         )
         entry = aliased(AuditLog, latest)
-        result = await self.session.scalars(select(entry).select_from(actors).join(latest, true()))
+        result = await self.session.scalars(
+            select(entry)
+            .select_from(actors)
+            .join(latest, true())
+            # Stated, not left to the join: at most per_user × len(user_ids) rows to order.
+            .order_by(entry.user_id, entry.timestamp.desc(), entry.id.desc())
+        )
         return list(result.all())
 
     async def counts(self) -> dict[str, Any]:
