@@ -139,7 +139,7 @@ class AuditRepository:
             select(entry)
             .select_from(actors)
             .join(latest, true())
-            # Stated, not left to the join: at most per_user × len(user_ids) rows to order.
+            # Stated, not left to the join: at most per_user * len(user_ids) rows to order.
             .order_by(entry.user_id, entry.timestamp.desc(), entry.id.desc())
         )
         return list(result.all())
@@ -156,5 +156,5 @@ class AuditRepository:
         rows = await self.session.execute(
             select(AuditLog.action, func.count()).group_by(AuditLog.action)
         )
-        by_action = dict(rows.tuples().all())
+        by_action: dict[str, int] = dict(rows.all())
         return {"total": total, "last_24h": last_24h, "by_action": by_action}
