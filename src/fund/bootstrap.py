@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import getpass
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from fund.audit.service import Actor
 from fund.config import Settings
@@ -43,42 +46,40 @@ async def create_user(
     except ValidationError as exc:
         reasons = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise CreateUserFailed(reasons) from exc
-    assert settings.database_url is not None
-    engine = create_engine(settings.database_url, settings)
-    try:
-        async with create_sessionmaker(engine)() as session:
-            service = UserService(
-                session,
-                Cache(None),
-                CursorCodec(derive_key(settings.secret(), "cursor")),
-                cache_ttl=settings.cache_user_ttl,
-            )
-            try:
-                user = await service.create(_cli_actor(), data)
-            except FundError as exc:
-                raise CreateUserFailed(exc.detail) from exc
-            await commit(session)
-            return user.id
-    finally:
-        await engine.dispose()
+    async with _user_service(settings) as (service, session):
+        try:
+            user = await service.create(_cli_actor(), data)
+        except FundError as exc:
+            raise CreateUserFailed(exc.detail) from exc
+        await commit(session)
+        return user.id
 
 
 async def create_first_admin(settings: Settings) -> tuple[str, str] | None:
     """An empty development database gets one ADMIN with a random password, printed once."""
+    async with _user_service(settings) as (service, session):
+        created = await service.create_first_admin(_cli_actor(), FIRST_ADMIN_EMAIL)
+        await commit(session)
+    if created is None:
+        return None
+    return created[0].email, created[1]
+
+
+@asynccontextmanager
+async def _user_service(settings: Settings) -> AsyncIterator[tuple[UserService, AsyncSession]]:
+    """A one-off unit of work outside HTTP; no cache to invalidate (nothing cached a new user)."""
     assert settings.database_url is not None
     engine = create_engine(settings.database_url, settings)
     try:
         async with create_sessionmaker(engine)() as session:
-            service = UserService(
+            yield (
+                UserService(
+                    session,
+                    Cache(None),
+                    CursorCodec(derive_key(settings.secret(), "cursor")),
+                    cache_ttl=settings.cache_user_ttl,
+                ),
                 session,
-                Cache(None),
-                CursorCodec(derive_key(settings.secret(), "cursor")),
-                cache_ttl=settings.cache_user_ttl,
             )
-            created = await service.create_first_admin(_cli_actor(), FIRST_ADMIN_EMAIL)
-            await commit(session)
     finally:
         await engine.dispose()
-    if created is None:
-        return None
-    return created[0].email, created[1]

@@ -80,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     create = users_sub.add_parser("create", help="create a user and print its id")
     create.add_argument("--email", required=True)
     create.add_argument("--password", required=True)
-    create.add_argument("--role", required=True, choices=["ADMIN", "ANALYST", "VIEWER"])
+    create.add_argument("--role", required=True, help="ADMIN, ANALYST or VIEWER")
     create.add_argument("--full-name", default=None)
     create.set_defaults(handler=_users_create)
 
