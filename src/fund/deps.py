@@ -32,7 +32,7 @@ class Resources:
     throttle: LoginThrottle
 
 
-def get_resources(request: Request) -> Resources:
+async def get_resources(request: Request) -> Resources:
     resources: Resources = request.app.state.resources
     return resources
 
@@ -50,7 +50,7 @@ async def get_session(resources: ResourcesDep) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
-def get_user_service(session: SessionDep, resources: ResourcesDep) -> UserService:
+async def get_user_service(session: SessionDep, resources: ResourcesDep) -> UserService:
     return UserService(
         session,
         resources.cache,
@@ -59,7 +59,7 @@ def get_user_service(session: SessionDep, resources: ResourcesDep) -> UserServic
     )
 
 
-def get_audit_service(session: SessionDep, resources: ResourcesDep) -> AuditService:
+async def get_audit_service(session: SessionDep, resources: ResourcesDep) -> AuditService:
     return AuditService(session, resources.cursors)
 
 
@@ -67,7 +67,7 @@ UserServiceDep = Annotated[UserService, Depends(get_user_service)]
 AuditServiceDep = Annotated[AuditService, Depends(get_audit_service)]
 
 
-def anonymous_actor(request: Request, resources: ResourcesDep) -> Actor:
+async def anonymous_actor(request: Request, resources: ResourcesDep) -> Actor:
     return Actor(
         user_id=None,
         ip_address=client_ip(request.scope, trust_forwarded=resources.settings.trust_forwarded_for),

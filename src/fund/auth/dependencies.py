@@ -33,7 +33,7 @@ async def current_user(
 CurrentUser = Annotated[UserRead, Depends(current_user)]
 
 
-def actor(user: CurrentUser, anonymous: AnonymousActorDep) -> Actor:
+async def actor(user: CurrentUser, anonymous: AnonymousActorDep) -> Actor:
     return anonymous.as_user(user.id)
 
 
