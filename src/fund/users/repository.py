@@ -8,11 +8,14 @@ from typing import Any
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 
 from fund.kit.pagination import Keyset, Page, Position, keyset_page
 from fund.models import Role, User
 
 KEYSET = Keyset(User.created_at, User.id)
+# Reads that show users never fetch the password hash; touching it is an error, not a query.
+WITHOUT_HASH = defer(User.hashed_password, raiseload=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +35,7 @@ class UserRepository:
         self.session = session
 
     async def get(self, user_id: int) -> User | None:
-        return await self.session.get(User, user_id)
+        return await self.session.get(User, user_id, options=[WITHOUT_HASH])
 
     async def get_for_update(self, user_id: int) -> User | None:
         return await self.session.get(User, user_id, with_for_update=True)
@@ -78,7 +81,7 @@ class UserRepository:
         position: Position | None,
         encode: Callable[[Position], str],
     ) -> Page[User]:
-        stmt = select(User)
+        stmt = select(User).options(WITHOUT_HASH)
         if filters.role is not None:
             stmt = stmt.where(User.role == filters.role)
         if filters.is_active is not None:
