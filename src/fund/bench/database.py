@@ -1,0 +1,146 @@
+"""The bench's own database: created beside the configured one, seeded once, reused after.
+
+The bench never touches the developer's database: it creates ``fund_bench`` (or ``--database``)
+on the same server. A comment on that database records what was seeded into it, so a second
+run with the same sizes and seed reuses the data (seeding 10M rows takes about a minute).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+
+from alembic import command
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from fund.config import Settings
+from fund.db import alembic_config
+
+BENCH_ADMIN_EMAIL = "fund-bench-admin@example.org"
+# The bench database is local, disposable and made by the bench itself; its admin is too.
+BENCH_ADMIN_PASSWORD = "fund-bench-local-password"  # noqa: S105
+_SAFE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+@dataclass(frozen=True)
+class BenchDatabase:
+    url: str
+    name: str
+    reused: bool
+    seed_seconds: float | None
+    seed_phases: dict[str, float]
+
+
+def bench_url(settings: Settings, name: str) -> str:
+    if not _SAFE_NAME.match(name):
+        raise ValueError(f"not a plain database name: {name!r}")
+    assert settings.database_url is not None
+    return make_url(settings.database_url).set(database=name).render_as_string(hide_password=False)
+
+
+def seed_marker(users: int, audit_logs: int, seed: int) -> str:
+    return f"fund bench data: users={users} audit_logs={audit_logs} seed={seed}"
+
+
+async def _maintenance(settings: Settings, name: str) -> tuple[bool, str | None]:
+    """Create the database if missing; return (existed, its seed marker)."""
+    engine = create_async_engine(bench_url(settings, "postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            marker = (
+                await conn.execute(
+                    text(
+                        "SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+                        "WHERE datname = :name"
+                    ),
+                    {"name": name},
+                )
+            ).one_or_none()
+            return marker is not None, marker[0] if marker is not None else None
+    finally:
+        await engine.dispose()
+
+
+async def _recreate(settings: Settings, name: str) -> None:
+    engine = create_async_engine(bench_url(settings, "postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        await engine.dispose()
+
+
+async def _mark(settings: Settings, name: str, marker: str) -> None:
+    engine = create_async_engine(bench_url(settings, "postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            quoted = marker.replace("'", "''")
+            await conn.execute(text(f"COMMENT ON DATABASE \"{name}\" IS '{quoted}'"))
+    finally:
+        await engine.dispose()
+
+
+async def drop_bench_database(settings: Settings, name: str) -> None:
+    engine = create_async_engine(bench_url(settings, "postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        await engine.dispose()
+
+
+async def prepare_bench_database(
+    settings: Settings,
+    name: str,
+    *,
+    users: int,
+    audit_logs: int,
+    seed: int,
+    progress: bool,
+) -> BenchDatabase:
+    """The bench database at the requested sizes: reused when it holds them, else seeded anew."""
+    from fund.seed import seed_database
+
+    url = bench_url(settings, name)
+    wanted = seed_marker(users, audit_logs, seed)
+    exists, marker = await _maintenance(settings, name)
+    if exists and marker == wanted:
+        await asyncio.to_thread(command.upgrade, alembic_config(url), "head")
+        return BenchDatabase(url, name, True, None, {})
+    await _recreate(settings, name)
+    await asyncio.to_thread(command.upgrade, alembic_config(url), "head")
+    result = await seed_database(
+        url, users=users, audit_logs=audit_logs, seed=seed, progress=progress
+    )
+    await _analyze(url)
+    await _mark(settings, name, wanted)
+    return BenchDatabase(url, name, False, result.seconds, dict(result.phases))
+
+
+async def _analyze(url: str) -> None:
+    """Fresh planner statistics: the plans measured are the plans production would get."""
+    engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("VACUUM (ANALYZE) users"))
+            await conn.execute(text("VACUUM (ANALYZE) audit_logs"))
+    finally:
+        await engine.dispose()
+
+
+async def ensure_bench_admin(settings: Settings, url: str) -> None:
+    """The ADMIN the HTTP scenarios log in as (made once; the CLI path, so it is audited)."""
+    from fund.bootstrap import CreateUserFailed, create_user
+
+    bench_settings = settings.model_copy(update={"database_url": url})
+    try:
+        await create_user(
+            bench_settings, BENCH_ADMIN_EMAIL, BENCH_ADMIN_PASSWORD, "ADMIN", "Bench Admin"
+        )
+    except CreateUserFailed as exc:
+        if "already" not in str(exc).lower() and "taken" not in str(exc).lower():
+            raise

@@ -1,0 +1,164 @@
+"""``fund bench`` at a tiny scale: seed, every scenario, and a report with every figure.
+
+Presence, not timings: the figures of a seconds-long run on a shared machine mean nothing,
+but every table, chart and target line must be there, and the bench must reuse its data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from fund.bench import add_arguments, run_bench
+from fund.bench.database import drop_bench_database, prepare_bench_database
+from fund.bench.http import parse_wrk
+from fund.bench.report import CHARTS
+from fund.config import Environment, Settings
+from tests.conftest import SECRET
+from tests.services import PostgresServer
+
+SECTIONS = (
+    "## Machine",
+    "## Targets",
+    "## List queries with and without their indexes",
+    "## OFFSET against cursor",
+    "## N+1 against `include=audit_logs`",
+    "## Cache miss against hit",
+    "## Audit export",
+    "## HTTP on loopback",
+)
+HTTP_ROUTES = (
+    "/healthz (the /ping floor)",
+    "GET /users?limit=20",
+    "GET /users?limit=20, deep cursor",
+    "GET /users/{id} (cached)",
+    "GET /audit-logs?limit=20",
+    "GET /audit-logs?limit=20, deep cursor",
+    "GET /stats (cached)",
+)
+TARGETS = (
+    "every list query, any depth or filter",
+    "GET /users deep page vs page one, 1 worker(s)",
+    "GET /audit-logs deep page vs page one, 1 worker(s)",
+    "GET /users?limit=20, 1 worker(s)",
+    "GET /users/{id} (cached), 1 worker(s)",
+    "audit export",
+)
+
+
+def _bench_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+@pytest.fixture
+def bench_settings(
+    postgres: PostgresServer, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
+    return Settings(
+        env=Environment.TEST,
+        database_url=postgres.url("postgres"),
+        redis_url=redis_url,
+        secret_key=SECRET,
+        data_dir=tmp_path_factory.mktemp("fund-bench-data"),
+        log_json=True,
+    )
+
+
+async def test_a_small_run_writes_every_table_chart_and_target(
+    bench_settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = f"fund_test_{os.getpid()}_bench"
+    output = tmp_path / "report"
+    args = _bench_args(
+        "--quick",
+        "--users",
+        "400",
+        "--audit-logs",
+        "4000",
+        "--database",
+        name,
+        "--output",
+        str(output),
+        "--http-seconds",
+        "0.5",
+        "--connections",
+        "4",
+        "--redis-db",
+        "13",  # not the default: a developer's `make bench` may be running meanwhile
+    )
+    try:
+        code = await asyncio.to_thread(run_bench, bench_settings, args)
+        # Same sizes and seed: the data is reused, not seeded again.
+        again = await prepare_bench_database(
+            bench_settings, name, users=400, audit_logs=4000, seed=42, progress=False
+        )
+    finally:
+        await drop_bench_database(bench_settings, name)
+
+    assert code == 0
+    assert again.reused
+    report = (output / "REPORT.md").read_text()
+    for section in SECTIONS:
+        assert section in report, section
+    for chart in CHARTS:
+        png = output / chart
+        assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n"), chart
+        assert f"]({chart})" in report, chart
+    for figure in ("cores", "memory", "PostgreSQL", "Redis"):
+        assert re.search(rf"^\| {figure} \| \S", report, re.MULTILINE), figure
+    for route in HTTP_ROUTES:
+        assert f"| {route} | 1 |" in report, route
+    for target in TARGETS:
+        assert re.search(rf"^\| {re.escape(target)} \|.*\*\*(PASS|MISS)\*\*", report, re.M), target
+    assert report.count("Reproduce: `fund bench --users 400 --audit-logs 4000 --seed 42") == 6
+    assert "built-in asyncio keep-alive client" in report or "Load generator: wrk" in report
+
+    # 1 + N statements against a constant number, whatever the page size.
+    n_plus_one = re.findall(
+        r"^\| (\d+) \| [\d.,]+ ms, (\d+) statements \| [\d.,]+ ms, (\d+) st", report, re.M
+    )
+    assert [size for size, _, _ in n_plus_one] == ["20", "100"]
+    (_, naive_20, include_20), (_, naive_100, include_100) = n_plus_one
+    assert include_20 == include_100
+    assert int(naive_100) > int(naive_20) > int(include_20)
+
+    summary = capsys.readouterr().out
+    assert "fund bench: 400 users, 4,000 audit logs" in summary
+    assert summary.count("PASS") + summary.count("MISS") == len(TARGETS)
+    assert str(output / "REPORT.md") in summary
+
+
+def test_wrk_output_is_read_into_the_same_figures() -> None:
+    output = """Running 10s test @ http://127.0.0.1:8000/healthz
+  2 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     2.41ms  601.00us  12.00ms   80.00%
+  Latency Distribution
+     50%    2.40ms
+     75%    2.70ms
+     90%    3.10ms
+     99%  850.00us
+  129000 requests in 10.00s, 18.00MB read
+  Non-2xx or 3xx responses: 3
+Requests/sec:  12900.12
+Transfer/sec:      1.80MB
+"""
+    result = parse_wrk(output)
+    assert result.requests == 129_000
+    assert result.errors == 3
+    assert result.seconds == 10.0
+    assert result.rps == 12900.12
+    assert result.p50_ms == 2.4
+    assert result.p99_ms == 0.85
+    assert result.failures == {"non-2xx/3xx": 3}
+
+
+def test_an_unknown_scenario_is_refused_before_anything_runs(bench_settings: Settings) -> None:
+    assert run_bench(bench_settings, _bench_args("--only", "search,teleport")) == 2
