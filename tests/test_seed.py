@@ -11,8 +11,9 @@ import orjson
 import pytest
 
 from fund.config import Environment, Settings
+from fund.db import asyncpg_dsn
 from fund.kit.security import verify_password
-from fund.seed import PHASES, SEEDED_PASSWORD, asyncpg_dsn, run_seed, seed_database
+from fund.seed import PHASES, SEEDED_PASSWORD, run_seed, seed_database
 from tests.conftest import clone_database, drop_database
 from tests.services import PostgresServer
 

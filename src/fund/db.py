@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -98,6 +98,12 @@ async def request_session(factory: async_sessionmaker[AsyncSession]) -> AsyncIte
             await session.rollback()
             raise
         await commit(session)
+
+
+def asyncpg_dsn(database_url: str) -> str:
+    """``postgresql+asyncpg://…`` (query ``host``/``port`` kept) → a DSN asyncpg accepts,
+    for the few places that talk to the driver directly (seeding, the invalidation log)."""
+    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def alembic_config(url: str) -> Config:

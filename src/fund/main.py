@@ -19,7 +19,7 @@ from fund.audit.endpoints import router as audit_router
 from fund.auth.endpoints import router as auth_router
 from fund.auth.throttle import LoginThrottle
 from fund.config import Settings, get_settings
-from fund.db import create_engine, create_sessionmaker
+from fund.db import asyncpg_dsn, create_engine, create_sessionmaker
 from fund.deps import Resources
 from fund.errors import FundError, Unavailable, error_response
 from fund.kit import metrics
@@ -50,8 +50,8 @@ def build_resources(settings: Settings) -> Resources:
     cache = Cache(
         redis,
         cooldown=settings.redis_breaker_cooldown,
-        invalidation_log=InvalidationLog.for_database(
-            settings.database_url, timeout=settings.db_connect_timeout
+        invalidation_log=InvalidationLog(
+            asyncpg_dsn(settings.database_url), timeout=settings.db_connect_timeout
         ),
     )
     secret = settings.secret()

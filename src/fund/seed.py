@@ -36,7 +36,9 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from sqlalchemy.engine import make_url
+
+from fund.db import alembic_config, asyncpg_dsn
+from fund.kit.security import ARGON2_MEMORY_KIB, ARGON2_PARALLELISM, ARGON2_TIME_COST
 
 if TYPE_CHECKING:
     from fund.config import Settings
@@ -144,22 +146,16 @@ class _Rebuild:
     """(table, constraint name, ``pg_get_constraintdef``)."""
 
 
-def asyncpg_dsn(database_url: str) -> str:
-    """``postgresql+asyncpg://…`` (query ``host``/``port`` kept) → a DSN asyncpg accepts."""
-    url = make_url(database_url).set(drivername="postgresql")
-    return url.render_as_string(hide_password=False)
-
-
 def seeded_password_hash(seed: int) -> str:
     """One argon2id hash for every seeded user; its salt comes from the seed (determinism)."""
     salt = hashlib.blake2b(f"fund-seed-salt:{seed}".encode(), digest_size=16).digest()
-    # Same parameters as fund.kit.security, so a seeded user signs in like any other.
+    # The service's own parameters, so a seeded user signs in like any other.
     raw = hash_secret(
         SEEDED_PASSWORD.encode(),
         salt,
-        time_cost=2,
-        memory_cost=19 * 1024,
-        parallelism=1,
+        time_cost=ARGON2_TIME_COST,
+        memory_cost=ARGON2_MEMORY_KIB,
+        parallelism=ARGON2_PARALLELISM,
         hash_len=32,
         type=Type.ID,
     )
@@ -732,8 +728,6 @@ async def _load_chunks(
 def run_seed(settings: Settings, *, users: int, audit_logs: int, seed: int) -> int:
     """``fund seed``: migrate, load, print what was made and how seeded users sign in."""
     from alembic import command
-
-    from fund.db import alembic_config
 
     if settings.is_production:
         print(

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from alembic import command
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from fund.config import Settings
 from fund.db import alembic_config
@@ -45,52 +47,47 @@ def seed_marker(users: int, audit_logs: int, seed: int) -> str:
     return f"fund bench data: users={users} audit_logs={audit_logs} seed={seed}"
 
 
-async def _maintenance(settings: Settings, name: str) -> tuple[bool, str | None]:
-    """Create the database if missing; return (existed, its seed marker)."""
+@asynccontextmanager
+async def _maintenance_connection(settings: Settings) -> AsyncIterator[AsyncConnection]:
+    """A connection to the server's ``postgres`` database, for database-level statements."""
     engine = create_async_engine(bench_url(settings, "postgres"), isolation_level="AUTOCOMMIT")
     try:
         async with engine.connect() as conn:
-            marker = (
-                await conn.execute(
-                    text(
-                        "SELECT shobj_description(oid, 'pg_database') FROM pg_database "
-                        "WHERE datname = :name"
-                    ),
-                    {"name": name},
-                )
-            ).one_or_none()
-            return marker is not None, marker[0] if marker is not None else None
+            yield conn
     finally:
         await engine.dispose()
+
+
+async def _maintenance(settings: Settings, name: str) -> tuple[bool, str | None]:
+    """Whether the database exists, and its seed marker (its comment) if so."""
+    async with _maintenance_connection(settings) as conn:
+        marker = (
+            await conn.execute(
+                text(
+                    "SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+                    "WHERE datname = :name"
+                ),
+                {"name": name},
+            )
+        ).one_or_none()
+        return marker is not None, marker[0] if marker is not None else None
 
 
 async def _recreate(settings: Settings, name: str) -> None:
-    engine = create_async_engine(bench_url(settings, "postgres"), isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            await conn.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        await engine.dispose()
+    async with _maintenance_connection(settings) as conn:
+        await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await conn.execute(text(f'CREATE DATABASE "{name}"'))
 
 
 async def _mark(settings: Settings, name: str, marker: str) -> None:
-    engine = create_async_engine(bench_url(settings, "postgres"), isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            quoted = marker.replace("'", "''")
-            await conn.execute(text(f"COMMENT ON DATABASE \"{name}\" IS '{quoted}'"))
-    finally:
-        await engine.dispose()
+    async with _maintenance_connection(settings) as conn:
+        quoted = marker.replace("'", "''")
+        await conn.execute(text(f"COMMENT ON DATABASE \"{name}\" IS '{quoted}'"))
 
 
 async def drop_bench_database(settings: Settings, name: str) -> None:
-    engine = create_async_engine(bench_url(settings, "postgres"), isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        await engine.dispose()
+    async with _maintenance_connection(settings) as conn:
+        await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 async def prepare_bench_database(

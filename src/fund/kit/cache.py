@@ -35,7 +35,6 @@ from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
-from sqlalchemy.engine import make_url
 
 from fund.kit import metrics
 
@@ -109,11 +108,6 @@ class InvalidationLog:
         self.timeout = timeout
         self._conn: asyncpg.Connection | None = None
         self._lock = asyncio.Lock()
-
-    @classmethod
-    def for_database(cls, sqlalchemy_url: str, *, timeout: float = 2.0) -> InvalidationLog:
-        url = make_url(sqlalchemy_url).set(drivername="postgresql")
-        return cls(url.render_as_string(hide_password=False), timeout=timeout)
 
     async def _run(self, op: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         async with self._lock:

@@ -173,38 +173,45 @@ async def keyset_page(
         return Page(
             nearest,
             encode(_at(key_of(nearest[-1]), Direction.NEXT)) if more else None,
-            _back_cursor(nearest, position, encode, key_of) if behind else None,
+            _edge_cursor(_first(nearest), position, Direction.PREV, encode, key_of)
+            if behind
+            else None,
         )
     newer_first = nearest[::-1]
     return Page(
         newer_first,
-        _forward_cursor(newer_first, position, encode, key_of) if behind else None,
+        _edge_cursor(_last(newer_first), position, Direction.NEXT, encode, key_of)
+        if behind
+        else None,
         encode(_at(key_of(newer_first[0]), Direction.PREV)) if more else None,
     )
 
 
-def _back_cursor(
-    items: Sequence[T],
+def _edge_cursor(
+    item: T | None,
     position: Position,
+    direction: Direction,
     encode: Callable[[Position], str],
     key_of: Callable[[T], tuple[datetime, int]],
 ) -> str:
-    if items:
-        return encode(_at(key_of(items[0]), Direction.PREV))
-    # An empty page (its rows left the filter meanwhile): go back from the position
-    # itself, inclusive; ids are integers, so "> id - 1" is ">= id".
-    return encode(Position(position.key, position.id - 1, Direction.PREV))
+    """The cursor past ``item`` (the page's edge) in ``direction``.
+
+    With no item, the page came back empty (its rows left the filter meanwhile): the
+    cursor then starts at the position itself, inclusive; ids are integers, so
+    "> id - 1" is ">= id" and "< id + 1" is "<= id".
+    """
+    if item is not None:
+        return encode(_at(key_of(item), direction))
+    step = -1 if direction is Direction.PREV else 1
+    return encode(Position(position.key, position.id + step, direction))
 
 
-def _forward_cursor(
-    items: Sequence[T],
-    position: Position,
-    encode: Callable[[Position], str],
-    key_of: Callable[[T], tuple[datetime, int]],
-) -> str:
-    if items:
-        return encode(_at(key_of(items[-1]), Direction.NEXT))
-    return encode(Position(position.key, position.id + 1, Direction.NEXT))  # "< id + 1" is "<= id"
+def _first(items: Sequence[T]) -> T | None:
+    return items[0] if items else None
+
+
+def _last(items: Sequence[T]) -> T | None:
+    return items[-1] if items else None
 
 
 def _at(key: tuple[datetime, int], direction: Direction) -> Position:

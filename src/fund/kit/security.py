@@ -13,7 +13,15 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from argon2.low_level import Type
 
 # OWASP's argon2id recommendation: 19 MiB of memory, 2 iterations, 1 lane.
-_hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1, type=Type.ID)
+ARGON2_TIME_COST = 2
+ARGON2_MEMORY_KIB = 19 * 1024
+ARGON2_PARALLELISM = 1
+_hasher = PasswordHasher(
+    time_cost=ARGON2_TIME_COST,
+    memory_cost=ARGON2_MEMORY_KIB,
+    parallelism=ARGON2_PARALLELISM,
+    type=Type.ID,
+)
 # Verified against when the email is unknown, so the response time does not tell.
 _DUMMY_HASH = _hasher.hash("not a real password, only spends the same time")
 
