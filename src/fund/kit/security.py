@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -68,6 +70,20 @@ def issue_access_token(key: bytes, user_id: int, minutes: int) -> AccessToken:
 
 def read_access_token(key: bytes, token: str) -> int:
     """The user id the token was issued to; ``InvalidToken`` for anything else."""
+    user_id, expires_at = _verified_claims(key, token)
+    if time.time() >= expires_at:
+        raise InvalidToken
+    return user_id
+
+
+@functools.lru_cache(maxsize=4096)
+def _verified_claims(key: bytes, token: str) -> tuple[int, float]:
+    """The subject and expiry of a token whose signature and claims hold.
+
+    A token's signature check has one answer for a given key, so a client's repeated
+    token is verified once per process (bounded; refusals are not kept): the expiry is
+    still checked on every use, by ``read_access_token``.
+    """
     try:
         claims = jwt.decode(
             token, key, algorithms=_ALGORITHMS, options={"require": ["exp", "iat", "sub"]}
@@ -75,6 +91,6 @@ def read_access_token(key: bytes, token: str) -> int:
         subject = claims["sub"]
         if not isinstance(subject, str) or not subject.isdigit() or len(subject) > 19:
             raise InvalidToken
-        return int(subject)
+        return int(subject), float(claims["exp"])
     except (jwt.InvalidTokenError, ValueError, TypeError) as exc:
         raise InvalidToken from exc
