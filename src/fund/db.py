@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from alembic.config import Config
-from sqlalchemy import event, make_url
+from sqlalchemy import ClauseElement, event, make_url
+from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from fund.config import Settings
 from fund.kit import metrics
@@ -98,6 +101,72 @@ async def request_session(factory: async_sessionmaker[AsyncSession]) -> AsyncIte
             await session.rollback()
             raise
         await commit(session)
+
+
+class DriverQuery:
+    """A Core statement compiled once for asyncpg, to run on the driver itself.
+
+    For the hottest reads: the statement is a shape whose variable parts are named
+    placeholders (``bindparam("role")``), compiled here once; each run only orders its
+    values. No ORM, no per-statement compilation or result processing, and outside a
+    transaction one statement is one round trip (MEASURED.md: 0.13 ms against 0.68 ms).
+    Values go to asyncpg as they are, so they must be what it encodes: ``str`` for an
+    enum, an aware ``datetime`` for a timestamp.
+    """
+
+    def __init__(self, statement: ClauseElement) -> None:
+        compiled = statement.compile(dialect=_ASYNCPG)
+        assert isinstance(compiled, SQLCompiler)
+        self.sql = compiled.string
+        self._names = tuple(compiled.positiontup or ())
+        # Constants the statement carries itself (LIMIT 1 of a probe), fixed at compile time.
+        self._fixed = {
+            name: bind.effective_value for name, bind in compiled.binds.items() if not bind.required
+        }
+
+    def args(self, values: Mapping[str, Any]) -> list[Any]:
+        return [self._fixed[n] if n in self._fixed else values[n] for n in self._names]
+
+
+_ASYNCPG = asyncpg_dialect()  # type: ignore[no-untyped-call]
+
+
+async def driver_fetch(
+    session: AsyncSession, query: DriverQuery, values: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """Rows of ``query`` as dicts.
+
+    Inside the request's transaction when one has begun. Otherwise the statement runs
+    alone on a pooled connection, without a transaction of its own: one statement
+    reads one snapshot, and a read-only request then costs one round trip and no
+    session bookkeeping. The engine's ``before_cursor_execute`` listeners hear it like
+    any other statement: it is counted and can be captured.
+    """
+    if session.in_transaction():
+        return await _driver_fetch(await session.connection(), query, values)
+    engine = session.bind
+    assert isinstance(engine, AsyncEngine)
+    async with engine.connect() as connection:
+        return await _driver_fetch(connection, query, values)
+
+
+async def _driver_fetch(
+    connection: AsyncConnection, query: DriverQuery, values: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    args = query.args(values)
+    sync = connection.sync_connection
+    if sync is not None and sync.dispatch.before_cursor_execute:
+        sync.dispatch.before_cursor_execute(sync, None, query.sql, tuple(args), None, False)
+    driver: Any = (await connection.get_raw_connection()).driver_connection
+    try:
+        rows = await driver.fetch(query.sql, *args)
+    except BaseException:
+        # SQLAlchemy did not run this statement, so it cannot know what the failure left
+        # behind (a cancelled fetch leaves the protocol mid-operation): the connection is
+        # never reused. Errors here are rare (values are validated); a reconnect is cheap.
+        await connection.invalidate()
+        raise
+    return [dict(row) for row in rows]
 
 
 def asyncpg_dsn(database_url: str) -> str:

@@ -124,26 +124,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(sa_exc.DBAPIError)
     async def database_error(_: Request, error: sa_exc.DBAPIError) -> JSONResponse:
-        sqlstate = _sqlstate(error)
-        if sqlstate.startswith(_RETRY_SQLSTATES):
-            return JSONResponse(
-                {"detail": "Concurrent update; retry the request"},
-                status_code=409,
-                headers={"Retry-After": "0"},
-            )
-        if (
-            error.connection_invalidated
-            or sqlstate.startswith(_UNAVAILABLE_SQLSTATES)
-            or not sqlstate
-        ):
-            log.warning("database_unavailable", error=type(error.orig).__name__, sqlstate=sqlstate)
-            return error_response(Unavailable())
-        if sqlstate.startswith(_DATA_SQLSTATES):
-            # A value the schemas let through but PostgreSQL cannot store: still the input's fault.
-            log.warning("database_rejected_value", sqlstate=sqlstate)
-            return JSONResponse({"detail": "Invalid value"}, status_code=422)
-        log.error("database_error", sqlstate=sqlstate, error=str(error.orig)[:500])
-        return JSONResponse({"detail": "Internal server error"}, status_code=500)
+        invalidated = error.connection_invalidated
+        return _database_error(_sqlstate(error), error.orig, invalidated=invalidated)
+
+    @app.exception_handler(asyncpg.PostgresError)
+    async def driver_error(_: Request, error: asyncpg.PostgresError) -> JSONResponse:
+        # From the few reads that run on the driver itself (fund.db.driver_fetch).
+        return _database_error(str(error.sqlstate or ""), error, invalidated=False)
 
     async def unavailable(_: Request, error: Exception) -> JSONResponse:
         log.warning("database_unavailable", error=type(error).__name__)
@@ -155,6 +142,7 @@ def install_error_handlers(app: FastAPI) -> None:
         asyncpg.PostgresConnectionError,
         asyncpg.InterfaceError,
         asyncpg.CannotConnectNowError,
+        asyncpg.InternalClientError,
         TimeoutError,
     ):
         app.add_exception_handler(exc_type, unavailable)
@@ -163,6 +151,25 @@ def install_error_handlers(app: FastAPI) -> None:
     async def unexpected(_: Request, error: Exception) -> JSONResponse:
         log.exception("unhandled_error", error=type(error).__name__)
         return JSONResponse({"detail": "Internal server error"}, status_code=500)
+
+
+def _database_error(sqlstate: str, orig: Any, *, invalidated: bool) -> JSONResponse:
+    """The answer to a failed statement, by its SQLSTATE: 409, 503, 422, or else 500."""
+    if sqlstate.startswith(_RETRY_SQLSTATES):
+        return JSONResponse(
+            {"detail": "Concurrent update; retry the request"},
+            status_code=409,
+            headers={"Retry-After": "0"},
+        )
+    if invalidated or sqlstate.startswith(_UNAVAILABLE_SQLSTATES) or not sqlstate:
+        log.warning("database_unavailable", error=type(orig).__name__, sqlstate=sqlstate)
+        return error_response(Unavailable())
+    if sqlstate.startswith(_DATA_SQLSTATES):
+        # A value the schemas let through but PostgreSQL cannot store: still the input's fault.
+        log.warning("database_rejected_value", sqlstate=sqlstate)
+        return JSONResponse({"detail": "Invalid value"}, status_code=422)
+    log.error("database_error", sqlstate=sqlstate, error=str(orig)[:500])
+    return JSONResponse({"detail": "Internal server error"}, status_code=500)
 
 
 def _sqlstate(error: sa_exc.DBAPIError) -> str:

@@ -77,7 +77,7 @@ async def loaded(postgres: PostgresServer, template_database: str) -> AsyncItera
 
 
 async def explain(engine: AsyncEngine, filters: UserFilters, position: Position | None) -> Any:
-    """The plan of the statement ``UserRepository.page`` sends, with actual row counts."""
+    """The plan of what ``UserRepository.page_rows`` sends (``GET /users``), with row counts."""
     sent: list[tuple[str, Any]] = []
 
     def capture(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
@@ -86,7 +86,7 @@ async def explain(engine: AsyncEngine, filters: UserFilters, position: Position 
     event.listen(engine.sync_engine, "before_cursor_execute", capture)
     try:
         async with async_sessionmaker(engine)() as session:
-            page = await UserRepository(session).page(
+            page = await UserRepository(session).page_rows(
                 filters, limit=LIMIT, position=position, encode=lambda _: "cursor"
             )
     finally:

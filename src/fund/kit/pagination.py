@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Select, tuple_, union_all
+from sqlalchemy import CompoundSelect, Integer, Select, bindparam, tuple_, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -122,6 +122,51 @@ class Keyset:
     id: InstrumentedAttribute[int]
 
 
+# The names of the keyset's own placeholders; a filter's placeholders must not reuse them.
+CURSOR_KEY = "cursor_key"
+CURSOR_ID = "cursor_id"
+PAGE_ROWS = "page_rows"
+
+
+def keyset_statement(
+    stmt: Select[T], keyset: Keyset, *, direction: Direction | None
+) -> Select[T] | CompoundSelect[Any]:
+    """The one statement of a page, as a shape: the position and the size are placeholders.
+
+    A shape is the same text for every page in that direction, so a compiled form can be
+    reused (``fund.db.DriverQuery``); ``keyset_values`` gives the values to run it with.
+    From a position it is two index-bounded halves joined by ``UNION ALL``: the page
+    beyond the position and a one-row probe behind it.
+    """
+    newest_first = (keyset.key.desc(), keyset.id.desc())
+    oldest_first = (keyset.key.asc(), keyset.id.asc())
+    rows = bindparam(PAGE_ROWS, type_=Integer)
+    if direction is None:
+        return stmt.order_by(*newest_first).limit(rows)
+    sort = tuple_(keyset.key, keyset.id)
+    # Typed placeholders: a bigint id must not be cast to integer, and the row comparison
+    # must match the index columns' types to stay an index condition.
+    at = tuple_(
+        bindparam(CURSOR_KEY, type_=keyset.key.type), bindparam(CURSOR_ID, type_=keyset.id.type)
+    )
+    if direction is Direction.NEXT:
+        page = stmt.where(sort < at).order_by(*newest_first).limit(rows)
+        probe = stmt.where(sort >= at).order_by(*oldest_first).limit(1)
+    else:
+        page = stmt.where(sort > at).order_by(*oldest_first).limit(rows)
+        probe = stmt.where(sort <= at).order_by(*newest_first).limit(1)
+    return union_all(page, probe)
+
+
+def keyset_values(*, limit: int, position: Position | None) -> dict[str, Any]:
+    """The values of ``keyset_statement``'s placeholders for one page."""
+    values: dict[str, Any] = {PAGE_ROWS: limit + 1}
+    if position is not None:
+        values[CURSOR_KEY] = position.key
+        values[CURSOR_ID] = position.id
+    return values
+
+
 async def keyset_page(
     session: AsyncSession,
     stmt: Select[T],
@@ -131,35 +176,40 @@ async def keyset_page(
     position: Position | None,
     encode: Callable[[Position], str],
     key_of: Callable[[T], tuple[datetime, int]],
+    params: Mapping[str, Any] | None = None,
 ) -> Page[T]:
-    """Run ``stmt`` (filters applied, no ORDER BY) as one page from ``position``.
+    """Run ``stmt`` (filters applied, no ORDER BY) as one page of ORM rows from ``position``.
 
-    One SQL statement whatever the path. The page holds the ``limit`` rows nearest
-    the position in its direction, newest first; a backward walk that reaches the
-    start gets the rows that remain, like the last page of a forward walk.
+    ``params`` are the values of the filters' own placeholders, if they have any.
     """
-    newest_first = (keyset.key.desc(), keyset.id.desc())
-    oldest_first = (keyset.key.asc(), keyset.id.asc())
+    shape = keyset_statement(stmt, keyset, direction=position.direction if position else None)
+    statement = stmt.from_statement(shape) if position is not None else shape
+    values = keyset_values(limit=limit, position=position) | dict(params or {})
+    rows = list((await session.scalars(statement, values)).all())
+    return page_of_rows(rows, limit=limit, position=position, encode=encode, key_of=key_of)
+
+
+def page_of_rows(
+    rows: Sequence[T],
+    *,
+    limit: int,
+    position: Position | None,
+    encode: Callable[[Position], str],
+    key_of: Callable[[T], tuple[datetime, int]],
+) -> Page[T]:
+    """The page, with its cursors, from the rows ``keyset_statement`` returned.
+
+    The page holds the ``limit`` rows nearest the position in its direction, newest
+    first; a backward walk that reaches the start gets the rows that remain, like the
+    last page of a forward walk.
+    """
     if position is None:
-        rows = list((await session.scalars(stmt.order_by(*newest_first).limit(limit + 1))).all())
         items = rows[:limit]
         more = len(rows) > limit
         return Page(items, encode(_at(key_of(items[-1]), Direction.NEXT)) if more else None, None)
 
-    sort = tuple_(keyset.key, keyset.id)
-    # Typed binds: a bigint id must not be cast to integer, and the row comparison
-    # must match the index columns' types to stay an index condition.
-    at = tuple_(position.key, position.id, types=[keyset.key.type, keyset.id.type])
     here = (position.key, position.id)
     forward = position.direction is Direction.NEXT
-    if forward:
-        page = stmt.where(sort < at).order_by(*newest_first).limit(limit + 1)
-        probe = stmt.where(sort >= at).order_by(*oldest_first).limit(1)
-    else:
-        page = stmt.where(sort > at).order_by(*oldest_first).limit(limit + 1)
-        probe = stmt.where(sort <= at).order_by(*newest_first).limit(1)
-    rows = list((await session.scalars(stmt.from_statement(union_all(page, probe)))).all())
-
     # UNION ALL promises no order across its halves: split and sort by the key itself.
     beyond = sorted(
         (r for r in rows if (key_of(r) < here if forward else key_of(r) > here)),

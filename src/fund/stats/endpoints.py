@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter
 
 from fund.auth.dependencies import StaffUser
 from fund.deps import ResourcesDep, SessionDep
+from fund.kit.schemas import CachedJSON
 from fund.stats.schemas import StatsOut
 from fund.stats.service import StatsService
 
@@ -13,11 +14,8 @@ router = APIRouter(prefix="/stats", tags=["stats"])
 
 
 @router.get("", response_model=StatsOut)
-async def read_stats(
-    _: StaffUser, session: SessionDep, resources: ResourcesDep, response: Response
-) -> StatsOut:
+async def read_stats(_: StaffUser, session: SessionDep, resources: ResourcesDep) -> CachedJSON:
     """Cached up to `FUND_CACHE_STATS_TTL` seconds (`X-Cache: hit|miss`)."""
     service = StatsService(session, resources.cache, ttl=resources.settings.cache_stats_ttl)
     found = await service.get()
-    response.headers["X-Cache"] = "hit" if found.hit else "miss"
-    return found.stats
+    return CachedJSON(found.value, hit=found.hit)

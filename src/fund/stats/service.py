@@ -18,7 +18,7 @@ CACHE_ID = "global"
 
 @dataclass(frozen=True, slots=True)
 class CachedStats:
-    stats: StatsOut
+    value: bytes  # StatsOut as JSON
     hit: bool
 
 
@@ -32,7 +32,7 @@ class StatsService:
     async def get(self) -> CachedStats:
         lookup = await self.cache.get_or_build(CACHE_KIND, CACHE_ID, self.ttl, self._build)
         assert lookup.value is not None
-        return CachedStats(StatsOut.model_validate_json(lookup.value), lookup.hit)
+        return CachedStats(lookup.value, lookup.hit)
 
     async def _build(self) -> bytes:
         stats = StatsOut(

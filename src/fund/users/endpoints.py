@@ -10,7 +10,7 @@ from fund.auth.dependencies import ActorDep, AdminUser, CurrentUser, StaffUser
 from fund.deps import UserServiceDep
 from fund.errors import Forbidden
 from fund.kit.params import Cursor, Limit, PathId
-from fund.kit.schemas import PageOut
+from fund.kit.schemas import CachedJSON, PageJSON, PageOut
 from fund.models import Role
 from fund.users.repository import UserFilters
 from fund.users.schemas import (
@@ -35,14 +35,12 @@ async def list_users(
     is_active: bool | None = None,
     q: Annotated[str | None, Query(min_length=1, max_length=100, pattern=NO_NUL)] = None,
     include: Annotated[Literal["audit_logs"] | None, Query()] = None,
-) -> PageOut[UserRead] | PageOut[UserWithAuditRead]:
+) -> PageJSON | PageOut[UserWithAuditRead]:
     """Newest first (`created_at DESC, id DESC`), in cursor pages."""
-    return await users.page(
-        UserFilters(role=role, is_active=is_active, q=q),
-        limit=limit,
-        cursor=cursor,
-        include_audit_logs=include == "audit_logs",
-    )
+    filters = UserFilters(role=role, is_active=is_active, q=q)
+    if include == "audit_logs":
+        return await users.page_with_audit_logs(filters, limit=limit, cursor=cursor)
+    return PageJSON(await users.page(filters, limit=limit, cursor=cursor))
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=UserRead)
@@ -65,14 +63,11 @@ async def update_me(
 
 
 @router.get("/{user_id}", response_model=UserRead)
-async def read_user(
-    user_id: PathId, caller: CurrentUser, users: UserServiceDep, response: Response
-) -> UserRead:
+async def read_user(user_id: PathId, caller: CurrentUser, users: UserServiceDep) -> Response:
     if caller.role is Role.VIEWER and caller.id != user_id:
         raise Forbidden
-    found = await users.get(user_id)
-    response.headers["X-Cache"] = "hit" if found.hit else "miss"
-    return found.user
+    found = await users.get_json(user_id)
+    return CachedJSON(found.value, hit=found.hit)
 
 
 @router.patch("/{user_id}", response_model=UserRead)

@@ -14,7 +14,7 @@ from fund.audit.service import Actor, AuditService
 from fund.db import after_commit
 from fund.errors import BadCursor, EmailTaken, LastAdmin, NotFound
 from fund.kit.cache import Cache
-from fund.kit.pagination import CursorCodec, InvalidCursor, Page, page_scope
+from fund.kit.pagination import CursorCodec, InvalidCursor, Page, Position, page_scope
 from fund.kit.schemas import PageOut
 from fund.kit.security import hash_password
 from fund.models import Role, User
@@ -29,6 +29,12 @@ from fund.users.schemas import (
 
 CACHE_KIND = "user"
 RECENT_AUDIT_LOGS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class FoundJSON:
+    value: bytes
+    hit: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,33 +63,39 @@ class UserService:
 
     async def get(self, user_id: int) -> CachedUser:
         """The user by id, from the cache when warm. Authentication reads through here too."""
+        found = await self.get_json(user_id)
+        return CachedUser(UserRead.model_validate_json(found.value), hit=found.hit)
+
+    async def get_json(self, user_id: int) -> FoundJSON:
+        """The user by id as ``UserRead`` JSON, as the cache holds it (no parse on a hit)."""
         lookup = await self.cache.get_or_load(
             CACHE_KIND, user_id, self.cache_ttl, lambda: self._load(user_id)
         )
         if lookup.value is None:
             raise NotFound("User not found")
-        return CachedUser(UserRead.model_validate_json(lookup.value), hit=lookup.hit)
+        return FoundJSON(lookup.value, hit=lookup.hit)
 
     async def _load(self, user_id: int) -> bytes | None:
-        user = await self.repository.get(user_id)
-        return None if user is None else UserRead.model_validate(user).model_dump_json().encode()
+        row = await self.repository.get_row(user_id)
+        return None if row is None else UserRead.model_validate(row).model_dump_json().encode()
 
     async def page(
-        self, filters: UserFilters, *, limit: int, cursor: str | None, include_audit_logs: bool
-    ) -> PageOut[UserRead] | PageOut[UserWithAuditRead]:
-        scope = page_scope(
-            "users",
-            {"role": filters.role, "is_active": filters.is_active, "q": filters.q},
+        self, filters: UserFilters, *, limit: int, cursor: str | None
+    ) -> Page[dict[str, Any]]:
+        """A page of users as rows of exactly the fields ``UserRead`` shows."""
+        scope, position = self._position(filters, cursor)
+        return await self.repository.page_rows(
+            filters, limit=limit, position=position, encode=lambda p: self.cursors.encode(scope, p)
         )
-        try:
-            position = self.cursors.decode(scope, cursor) if cursor is not None else None
-        except InvalidCursor as exc:
-            raise BadCursor from exc
+
+    async def page_with_audit_logs(
+        self, filters: UserFilters, *, limit: int, cursor: str | None
+    ) -> PageOut[UserWithAuditRead]:
+        """The same page, each user with their newest audit entries (one more statement)."""
+        scope, position = self._position(filters, cursor)
         page: Page[User] = await self.repository.page(
             filters, limit=limit, position=position, encode=lambda p: self.cursors.encode(scope, p)
         )
-        if not include_audit_logs:
-            return PageOut[UserRead].of(page, UserRead.model_validate)
         entries = await self.audit.latest_by_actors([u.id for u in page.items], RECENT_AUDIT_LOGS)
         by_actor: dict[int, list[AuditLogRead]] = {}
         for entry in entries:  # already newest first within each actor
@@ -100,6 +112,17 @@ class UserService:
                 for u in page.items
             ],
         )
+
+    def _position(self, filters: UserFilters, cursor: str | None) -> tuple[bytes, Position | None]:
+        """The cursor's scope for these filters, and the position it holds (``BadCursor``)."""
+        scope = page_scope(
+            "users",
+            {"role": filters.role, "is_active": filters.is_active, "q": filters.q},
+        )
+        try:
+            return scope, self.cursors.decode(scope, cursor) if cursor is not None else None
+        except InvalidCursor as exc:
+            raise BadCursor from exc
 
     # -- changes -----------------------------------------------------------------
 

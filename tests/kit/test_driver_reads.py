@@ -1,0 +1,75 @@
+"""Statements run on the driver (``fund.db.driver_fetch``) fail like any other statement.
+
+SQLAlchemy does not see these statements, so what it would do on a failure is done here:
+the connection a failed statement used is never handed out again, and the app answers
+the driver's errors by SQLSTATE like SQLAlchemy's.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import Integer, bindparam, literal_column, select
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+from fund.db import DriverQuery, driver_fetch
+
+PID = DriverQuery(select(literal_column("pg_backend_pid()").label("pid")))
+DIVIDE = DriverQuery(select((literal_column("6") / bindparam("by", type_=Integer)).label("q")))
+
+
+async def test_a_failed_statement_retires_its_connection(database_url: str) -> None:
+    engine = create_async_engine(database_url, pool_size=1, max_overflow=0)
+    sessions = async_sessionmaker(engine)
+    try:
+        async with sessions() as session:
+            before = (await driver_fetch(session, PID, {}))[0]["pid"]
+            again = (await driver_fetch(session, PID, {}))[0]["pid"]
+            assert again == before  # outside a transaction, the pooled connection is reused
+            assert (await driver_fetch(session, DIVIDE, {"by": 2}))[0]["q"] == 3
+            with pytest.raises(asyncpg.DivisionByZeroError):
+                await driver_fetch(session, DIVIDE, {"by": 0})
+            after = (await driver_fetch(session, PID, {}))[0]["pid"]
+        assert after != before
+    finally:
+        await engine.dispose()
+
+
+async def test_inside_a_transaction_it_reads_on_the_sessions_connection(
+    database_url: str,
+) -> None:
+    engine = create_async_engine(database_url, pool_size=2)
+    try:
+        async with async_sessionmaker(engine)() as session, session.begin():
+            mine = (await session.connection()).sync_connection
+            assert mine is not None
+            own_pid = (await session.execute(select(literal_column("pg_backend_pid()")))).scalar()
+            assert (await driver_fetch(session, PID, {}))[0]["pid"] == own_pid
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (asyncpg.DivisionByZeroError("division by zero"), 422),  # class 22: the input's fault
+        (asyncpg.QueryCanceledError("statement timeout"), 503),  # 57014
+        (asyncpg.AdminShutdownError("terminating connection"), 503),  # 57P01
+        (asyncpg.SerializationError("could not serialize"), 409),  # 40001
+        (asyncpg.UndefinedColumnError("no such column"), 500),  # a bug: logged, no details out
+        (asyncpg.InternalClientError("cannot switch to state 12"), 503),
+    ],
+)
+async def test_driver_errors_are_answered_by_sqlstate(
+    app: FastAPI, client: httpx.AsyncClient, error: Exception, status: int
+) -> None:
+    async def fails() -> None:
+        raise error
+
+    app.add_api_route("/test-driver-error", fails)
+    response = await client.get("/test-driver-error")
+    assert response.status_code == status
+    assert set(response.json()) == {"detail"}
+    assert str(error) not in response.text
