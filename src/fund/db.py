@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import anyio
 from alembic.config import Config
 from sqlalchemy import ClauseElement, event, make_url
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
@@ -143,30 +145,63 @@ async def driver_fetch(
     any other statement: it is counted and can be captured.
     """
     if session.in_transaction():
-        return await _driver_fetch(await session.connection(), query, values)
+        # The session's connection: on a failure, its rollback deals with it as with any.
+        driver = await _driver(await session.connection(), query, values)
+        return [dict(row) for row in await driver.fetch(query.sql, *query.args(values))]
     engine = session.bind
     assert isinstance(engine, AsyncEngine)
     async with engine.connect() as connection:
-        return await _driver_fetch(connection, query, values)
+        driver = await _driver(connection, query, values)
+        try:
+            rows = await driver.fetch(query.sql, *query.args(values))
+        except BaseException:
+            # SQLAlchemy did not run this statement, so it cannot know what the failure
+            # left behind (a cancelled fetch leaves the protocol mid-operation), and with
+            # no transaction begun it has nothing to roll back on check-in: the connection
+            # is retired rather than handed out again. Errors here are rare (values are
+            # validated); a reconnect is cheap.
+            await connection.invalidate()
+            raise
+        return [dict(row) for row in rows]
 
 
-async def _driver_fetch(
+async def driver_batches(
+    session: AsyncSession, query: DriverQuery, values: Mapping[str, Any], *, size: int
+) -> AsyncGenerator[Sequence[Any], None]:
+    """Rows of ``query`` (asyncpg records) in batches of ``size`` from a server-side cursor.
+
+    For long reads such as the export: in the session's transaction, which must have
+    begun (a cursor lives in one, and so reads one snapshot throughout). The next batch
+    is fetched while the caller handles this one, so PostgreSQL and the caller work side
+    by side (without it, each waited for the other: the server process idled half the
+    time, py-spy). A reader that stops early, or is cancelled, waits for the fetch in
+    flight (one batch), so the connection is clean for the session's rollback.
+    """
+    if not session.in_transaction():
+        raise RuntimeError("driver_batches needs the session's transaction to have begun")
+    driver = await _driver(await session.connection(), query, values)
+    cursor = await driver.cursor(query.sql, *query.args(values))
+    pending = asyncio.ensure_future(cursor.fetch(size))
+    try:
+        while rows := await asyncio.shield(pending):
+            pending = asyncio.ensure_future(cursor.fetch(size))
+            yield rows
+    finally:
+        if not pending.done():
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait([pending])
+
+
+async def _driver(
     connection: AsyncConnection, query: DriverQuery, values: Mapping[str, Any]
-) -> list[dict[str, Any]]:
-    args = query.args(values)
+) -> Any:
+    """The asyncpg connection under ``connection``, once the engine's listeners have heard
+    the statement about to run on it (counted in metrics, capturable in tests)."""
     sync = connection.sync_connection
     if sync is not None and sync.dispatch.before_cursor_execute:
-        sync.dispatch.before_cursor_execute(sync, None, query.sql, tuple(args), None, False)
-    driver: Any = (await connection.get_raw_connection()).driver_connection
-    try:
-        rows = await driver.fetch(query.sql, *args)
-    except BaseException:
-        # SQLAlchemy did not run this statement, so it cannot know what the failure left
-        # behind (a cancelled fetch leaves the protocol mid-operation): the connection is
-        # never reused. Errors here are rare (values are validated); a reconnect is cheap.
-        await connection.invalidate()
-        raise
-    return [dict(row) for row in rows]
+        args = tuple(query.args(values))
+        sync.dispatch.before_cursor_execute(sync, None, query.sql, args, None, False)
+    return (await connection.get_raw_connection()).driver_connection
 
 
 def asyncpg_dsn(database_url: str) -> str:

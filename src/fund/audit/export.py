@@ -10,7 +10,6 @@ from enum import StrEnum
 from typing import Any
 
 import orjson
-from sqlalchemy import Row
 
 from fund.audit.repository import EXPORT_COLUMNS
 from fund.audit.schemas import rfc3339
@@ -38,7 +37,7 @@ def _csv_cell(value: Any) -> str:
     return str(value)
 
 
-def jsonl(batch: Sequence[Row[Any]]) -> bytes:
+def jsonl(batch: Sequence[Sequence[Any]]) -> bytes:
     """One JSON object a line. ``details`` arrives as PostgreSQL's JSON text and is embedded
     as it is; orjson renders the UTC timestamps exactly as the API does (``Z``, µs when set)."""
     lines = []
@@ -58,7 +57,7 @@ def csv_header() -> bytes:
 _DETAILS = EXPORT_COLUMNS.index("details")
 
 
-def csv_rows(batch: Sequence[Row[Any]]) -> bytes:
+def csv_rows(batch: Sequence[Sequence[Any]]) -> bytes:
     """Details as compact JSON text, like the API's; the other cells as ``_csv_cell``."""
     out = io.StringIO()
     writer = csv.writer(out)

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from ipaddress import ip_address
 from typing import Any
 
-from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fund.audit.repository import AuditRepository
@@ -94,7 +93,7 @@ class AuditService:
             return  # already deleted: idempotent, nothing new to record
         await self.record(actor, Action.DELETE, ResourceType.AUDIT_LOG, entry_id)
 
-    def export(self, filters: AuditFilters) -> AsyncIterator[Sequence[Row[Any]]]:
+    def export(self, filters: AuditFilters) -> AsyncIterator[Sequence[Any]]:
         return self.repository.stream_rows(filters)
 
     async def latest_by_actors(self, user_ids: Sequence[int], per_user: int) -> list[AuditLog]:
