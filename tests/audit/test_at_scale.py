@@ -190,7 +190,7 @@ async def test_every_filter_combination_pages_from_an_index_at_any_depth(
             positions = [None, deep, Position(deep.key, deep.id, Direction.PREV)]
             for position in positions:
                 with statements_sent(engine) as sent:
-                    await repository.page(filters, limit=20, position=position, encode=str)
+                    await repository.page_rows(filters, limit=20, position=position, encode=str)
                 reads = [(s, p) for s, p in sent if "FROM audit_logs" in s]
                 assert reads, sent
                 for statement, parameters in reads:

@@ -14,7 +14,7 @@ from fund.audit.service import AuditService
 from fund.auth.dependencies import ActorDep, AdminUser
 from fund.deps import AuditServiceDep, ResourcesDep
 from fund.kit.params import Cursor, Limit, PathId
-from fund.kit.schemas import PageOut
+from fund.kit.schemas import PageJSON, PageOut
 
 router = APIRouter(prefix="/audit-logs", tags=["audit"])
 
@@ -28,10 +28,9 @@ async def list_audit_logs(
     audit: AuditServiceDep,
     limit: Limit = 20,
     cursor: Cursor = None,
-) -> PageOut[AuditLogRead]:
+) -> PageJSON:
     """Newest first (`timestamp DESC, id DESC`); `since` inclusive, `until` exclusive."""
-    page = await audit.page(filters, limit=limit, cursor=cursor)
-    return PageOut[AuditLogRead].of(page, AuditLogRead.model_validate)
+    return PageJSON(await audit.page(filters, limit=limit, cursor=cursor))
 
 
 @router.get("/export", response_class=StreamingResponse)

@@ -73,13 +73,14 @@ class AuditService:
 
     async def page(
         self, filters: AuditFilters, *, limit: int, cursor: str | None
-    ) -> Page[AuditLog]:
+    ) -> Page[dict[str, Any]]:
+        """A page of entries as rows of exactly the fields ``AuditLogRead`` shows."""
         scope = page_scope("audit-logs", filters.model_dump(mode="json"))
         try:
             position = self.cursors.decode(scope, cursor) if cursor is not None else None
         except InvalidCursor as exc:
             raise BadCursor from exc
-        return await self.repository.page(
+        return await self.repository.page_rows(
             filters,
             limit=limit,
             position=position,

@@ -227,7 +227,8 @@ def users_page(filters: UserFilters) -> RunPage:
 
 def audit_page(filters: AuditFilters) -> RunPage:
     async def run(session: AsyncSession, position: Position | None) -> object:
-        return await AuditRepository(session).page(
+        # The statement GET /audit-logs sends.
+        return await AuditRepository(session).page_rows(
             filters, limit=PAGE, position=position, encode=_noop_encode
         )
 
