@@ -113,3 +113,32 @@ async def test_002_adds_the_named_indexes_with_their_sort_keys(
             assert line.endswith("created_at DESC, id DESC)"), line
         if line.startswith("index idx_audit_logs"):
             assert line.endswith('"timestamp" DESC, id DESC)'), line
+
+
+async def test_007_makes_the_audit_identifiers_compare_bytewise(
+    postgres: PostgresServer, empty_database: str
+) -> None:
+    query = """
+        SELECT a.attname, c.collname
+        FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation
+        WHERE a.attrelid = 'audit_logs'::regclass AND a.attname = ANY($1::text[])
+    """
+    columns = ["action", "resource_type", "resource_id"]
+    await migrate(postgres, empty_database, "upgrade", "head")
+    conn = await asyncpg.connect(postgres.dsn(empty_database))
+    try:
+        assert dict(await conn.fetch(query, columns)) == dict.fromkeys(columns, "C")
+        # The indexes on them follow the column, so the planner still uses them for equality.
+        plan = await conn.fetchval(
+            "EXPLAIN (FORMAT JSON) SELECT id FROM audit_logs WHERE resource_id = '7'"
+            ' ORDER BY "timestamp" DESC, id DESC LIMIT 20'
+        )
+        assert "idx_audit_logs_resource_id" in plan
+    finally:
+        await conn.close()
+    await migrate(postgres, empty_database, "downgrade", "006")
+    conn = await asyncpg.connect(postgres.dsn(empty_database))
+    try:
+        assert dict(await conn.fetch(query, columns)) == dict.fromkeys(columns, "default")
+    finally:
+        await conn.close()

@@ -28,11 +28,11 @@ class AuditLog(Base):
         BigInteger, ForeignKey("users.id", ondelete="RESTRICT"), nullable=True
     )
     """The actor; null for anonymous events (a failed login for an unknown email)."""
-    action: Mapped[str] = mapped_column(String(32), nullable=False)
+    action: Mapped[str] = mapped_column(String(32, collation="C"), nullable=False)
     """CREATE, UPDATE, DELETE, LOGIN, LOGIN_FAILED."""
-    resource_type: Mapped[str] = mapped_column(String(64), nullable=False)
+    resource_type: Mapped[str] = mapped_column(String(64, collation="C"), nullable=False)
     """What was changed: ``user`` or ``audit_log``."""
-    resource_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    resource_id: Mapped[str] = mapped_column(String(64, collation="C"), nullable=False)
     """Id of what was changed, as text (``""`` when there is none)."""
     details: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, server_default="{}")
     """Before/after values; never a password or hash."""
