@@ -39,6 +39,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     for column, length in COLUMNS:
         op.execute(
-            f"ALTER TABLE audit_logs ALTER COLUMN {column} TYPE varchar({length})"
-            ' COLLATE "default"'
+            f'ALTER TABLE audit_logs ALTER COLUMN {column} TYPE varchar({length}) COLLATE "default"'
         )
