@@ -35,6 +35,8 @@ from sqlalchemy import CompoundSelect, Integer, Select, bindparam, tuple_, union
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
+from fund.db import DriverQuery, driver_fetch
+
 T = TypeVar("T")
 
 _VERSION = 1
@@ -187,6 +189,26 @@ async def keyset_page(
     values = keyset_values(limit=limit, position=position) | dict(params or {})
     rows = list((await session.scalars(statement, values)).all())
     return page_of_rows(rows, limit=limit, position=position, encode=encode, key_of=key_of)
+
+
+async def driver_keyset_page(
+    session: AsyncSession,
+    query: DriverQuery,
+    keyset: Keyset,
+    *,
+    limit: int,
+    position: Position | None,
+    encode: Callable[[Position], str],
+    params: Mapping[str, Any],
+) -> Page[dict[str, Any]]:
+    """One page of plain rows from ``query``, a compiled ``keyset_statement`` for the
+    position's direction; ``params`` are the values of its filters' placeholders."""
+    values = keyset_values(limit=limit, position=position) | dict(params)
+    rows = await driver_fetch(session, query, values)
+    key, row_id = keyset.key.key, keyset.id.key
+    return page_of_rows(
+        rows, limit=limit, position=position, encode=encode, key_of=lambda r: (r[key], r[row_id])
+    )
 
 
 def page_of_rows(

@@ -17,10 +17,9 @@ from fund.kit.pagination import (
     Keyset,
     Page,
     Position,
+    driver_keyset_page,
     keyset_page,
     keyset_statement,
-    keyset_values,
-    page_of_rows,
 )
 from fund.models import Role, User
 
@@ -177,14 +176,14 @@ class UserRepository:
         query = _page_query(
             filters.role is not None, filters.is_active is not None, bool(filters.q), direction
         )
-        values = keyset_values(limit=limit, position=position) | _values(filters)
-        rows = await driver_fetch(self.session, query, values)
-        return page_of_rows(
-            rows,
+        return await driver_keyset_page(
+            self.session,
+            query,
+            KEYSET,
             limit=limit,
             position=position,
             encode=encode,
-            key_of=lambda row: (row["created_at"], row["id"]),
+            params=_values(filters),
         )
 
     async def counts(self) -> dict[str, Any]:
