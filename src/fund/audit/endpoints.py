@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Annotated
 
 from fastapi import APIRouter, Query, status
@@ -48,8 +49,12 @@ async def export_audit_logs(
             if format is export.ExportFormat.CSV:
                 yield export.csv_header()
             encode = export.csv_rows if format is export.ExportFormat.CSV else export.jsonl
-            async for batch in AuditService(session, resources.cursors).export(filters):
-                yield encode(batch)
+            # aclosing: a client that leaves cancels this stream; the rows' generator must be
+            # closed then and there (not when collected), before the session rolls back.
+            batches = AuditService(session, resources.cursors).export(filters)
+            async with aclosing(batches):
+                async for batch in batches:
+                    yield encode(batch)
 
     return StreamingResponse(
         body(),

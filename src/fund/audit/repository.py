@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 from datetime import timedelta
 from typing import Any
 
@@ -26,16 +27,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from fund.audit.schemas import AuditFilters
-from fund.db import DriverQuery, driver_batches, driver_fetch
+from fund.db import DriverQuery, driver_batches
 from fund.kit.pagination import (
     Direction,
     Keyset,
     Page,
     Position,
+    driver_keyset_page,
     keyset_page,
     keyset_statement,
-    keyset_values,
-    page_of_rows,
 )
 from fund.models import AuditLog
 
@@ -183,19 +183,18 @@ class AuditRepository:
         await self.session.execute(text(INDEX_ORDER_ONLY))  # begins the transaction
         _, values = _conditions(filters)
         direction = position.direction if position is not None else None
-        query = _page_query(tuple(sorted(values)), filters.include_deleted, direction)
-        rows = await driver_fetch(
-            self.session, query, keyset_values(limit=limit, position=position) | values
-        )
-        for row in rows:
-            row["details"] = orjson.loads(row["details"])
-        return page_of_rows(
-            rows,
+        page = await driver_keyset_page(
+            self.session,
+            _page_query(tuple(sorted(values)), filters.include_deleted, direction),
+            KEYSET,
             limit=limit,
             position=position,
             encode=encode,
-            key_of=lambda row: (row["timestamp"], row["id"]),
+            params=values,
         )
+        for row in page.items:
+            row["details"] = orjson.loads(row["details"])
+        return page
 
     def export_statement(self, filters: AuditFilters) -> Select[Any]:
         """The export's query: the page query's filters and order, plain columns, no limit.
@@ -223,8 +222,11 @@ class AuditRepository:
         await self.session.execute(text(INDEX_ORDER_ONLY))  # begins the transaction
         query = DriverQuery(self.export_statement(filters))
         _, values = _conditions(filters)
-        async for rows in driver_batches(self.session, query, values, size=batch):
-            yield rows
+        # Closed as soon as this generator is, even when cancelled: the fetch in flight must
+        # end before the session rolls back.
+        async with aclosing(driver_batches(self.session, query, values, size=batch)) as batches:
+            async for rows in batches:
+                yield rows
 
     async def latest_by_actors(self, user_ids: Sequence[int], per_user: int) -> list[AuditLog]:
         """Each actor's ``per_user`` newest entries, in one statement (LATERAL, index-backed)."""

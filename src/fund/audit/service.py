@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from ipaddress import ip_address
 from typing import Any
@@ -94,7 +94,7 @@ class AuditService:
             return  # already deleted: idempotent, nothing new to record
         await self.record(actor, Action.DELETE, ResourceType.AUDIT_LOG, entry_id)
 
-    def export(self, filters: AuditFilters) -> AsyncIterator[Sequence[Any]]:
+    def export(self, filters: AuditFilters) -> AsyncGenerator[Sequence[Any], None]:
         return self.repository.stream_rows(filters)
 
     async def latest_by_actors(self, user_ids: Sequence[int], per_user: int) -> list[AuditLog]:
