@@ -144,16 +144,17 @@ async def driver_fetch(
     session bookkeeping. The engine's ``before_cursor_execute`` listeners hear it like
     any other statement: it is counted and can be captured.
     """
+    args = query.args(values)
     if session.in_transaction():
         # The session's connection: on a failure, its rollback deals with it as with any.
-        driver = await _driver(await session.connection(), query, values)
-        return [dict(row) for row in await driver.fetch(query.sql, *query.args(values))]
+        driver = await _driver(await session.connection(), query.sql, args)
+        return [dict(row) for row in await driver.fetch(query.sql, *args)]
     engine = session.bind
     assert isinstance(engine, AsyncEngine)
     async with engine.connect() as connection:
-        driver = await _driver(connection, query, values)
+        driver = await _driver(connection, query.sql, args)
         try:
-            rows = await driver.fetch(query.sql, *query.args(values))
+            rows = await driver.fetch(query.sql, *args)
         except BaseException:
             # SQLAlchemy did not run this statement, so it cannot know what the failure
             # left behind (a cancelled fetch leaves the protocol mid-operation), and with
@@ -179,8 +180,9 @@ async def driver_batches(
     """
     if not session.in_transaction():
         raise RuntimeError("driver_batches needs the session's transaction to have begun")
-    driver = await _driver(await session.connection(), query, values)
-    cursor = await driver.cursor(query.sql, *query.args(values))
+    args = query.args(values)
+    driver = await _driver(await session.connection(), query.sql, args)
+    cursor = await driver.cursor(query.sql, *args)
     pending = asyncio.ensure_future(cursor.fetch(size))
     try:
         while rows := await asyncio.shield(pending):
@@ -192,15 +194,12 @@ async def driver_batches(
                 await asyncio.wait([pending])
 
 
-async def _driver(
-    connection: AsyncConnection, query: DriverQuery, values: Mapping[str, Any]
-) -> Any:
+async def _driver(connection: AsyncConnection, sql: str, args: list[Any]) -> Any:
     """The asyncpg connection under ``connection``, once the engine's listeners have heard
     the statement about to run on it (counted in metrics, capturable in tests)."""
     sync = connection.sync_connection
     if sync is not None and sync.dispatch.before_cursor_execute:
-        args = tuple(query.args(values))
-        sync.dispatch.before_cursor_execute(sync, None, query.sql, args, None, False)
+        sync.dispatch.before_cursor_execute(sync, None, sql, tuple(args), None, False)
     return (await connection.get_raw_connection()).driver_connection
 
 
