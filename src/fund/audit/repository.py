@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import aclosing
 from datetime import timedelta
 from typing import Any
@@ -29,13 +28,11 @@ from sqlalchemy.orm import aliased
 from fund.audit.schemas import AuditFilters
 from fund.db import DriverQuery, driver_batches
 from fund.kit.pagination import (
-    Direction,
     Keyset,
     Page,
     Position,
     driver_keyset_page,
     keyset_page,
-    keyset_statement,
 )
 from fund.models import AuditLog
 
@@ -64,33 +61,36 @@ EXPORT_COLUMNS = (
 )
 
 
-def _conditions(filters: AuditFilters) -> tuple[list[ColumnElement[bool]], dict[str, Any]]:
-    """The filters as conditions on named placeholders, and the placeholders' values.
-
-    The conditions depend only on which filters are set (one statement shape per set);
-    the values are the request's.
-    """
-    conditions: list[ColumnElement[bool]] = []
-    values: dict[str, Any] = {}
-    if not filters.include_deleted:
-        conditions.append(AuditLog.is_deleted.is_(False))
+def _values(filters: AuditFilters) -> dict[str, Any]:
+    """The filters that are set, as the values of their placeholders (``_conditions``)."""
     given = {
         "user_id": filters.user_id,
         "action": filters.action.value if filters.action is not None else None,
-        "resource_type": filters.resource_type.value if filters.resource_type else None,
+        "resource_type": filters.resource_type.value if filters.resource_type is not None else None,
         "resource_id": filters.resource_id,
+        "since": filters.since,
+        "until": filters.until,
     }
-    for name, value in given.items():
-        if value is not None:
-            conditions.append(AuditLog.__table__.c[name] == bindparam(name))
-            values[name] = value
-    if filters.since is not None:
-        conditions.append(AuditLog.timestamp >= bindparam("since", type_=AuditLog.timestamp.type))
-        values["since"] = filters.since
-    if filters.until is not None:
-        conditions.append(AuditLog.timestamp < bindparam("until", type_=AuditLog.timestamp.type))
-        values["until"] = filters.until
-    return conditions, values
+    return {name: value for name, value in given.items() if value is not None}
+
+
+_TIME = AuditLog.timestamp.type
+# Each filter's condition, on a placeholder named like its value in ``_values``.
+_CONDITION: dict[str, Callable[[], ColumnElement[bool]]] = {
+    "user_id": lambda: AuditLog.user_id == bindparam("user_id"),
+    "action": lambda: AuditLog.action == bindparam("action"),
+    "resource_type": lambda: AuditLog.resource_type == bindparam("resource_type"),
+    "resource_id": lambda: AuditLog.resource_id == bindparam("resource_id"),
+    "since": lambda: AuditLog.timestamp >= bindparam("since", type_=_TIME),
+    "until": lambda: AuditLog.timestamp < bindparam("until", type_=_TIME),
+}
+
+
+def _conditions(values: Mapping[str, Any], *, include_deleted: bool) -> list[ColumnElement[bool]]:
+    """The conditions of the filters ``values`` holds: with ``include_deleted``, the
+    statement's shape."""
+    hidden = [] if include_deleted else [AuditLog.is_deleted.is_(False)]
+    return hidden + [_CONDITION[name]() for name in values]
 
 
 def _shown_columns() -> list[ColumnElement[Any]]:
@@ -104,27 +104,18 @@ def _shown_columns() -> list[ColumnElement[Any]]:
     return [as_text.get(name, table.c[name]) for name in EXPORT_COLUMNS]
 
 
-@functools.cache
-def _page_query(
-    filtered: tuple[str, ...], include_deleted: bool, direction: Direction | None
-) -> DriverQuery:
-    """The compiled page statement of one filter shape (which filters are set)."""
-    placeholder = {name: _PLACEHOLDER_SAMPLE[name] for name in filtered}
-    shape = AuditFilters.model_validate({**placeholder, "include_deleted": include_deleted})
-    conditions, _ = _conditions(shape)
-    stmt = select(*_shown_columns()).where(*conditions)
-    return DriverQuery(keyset_statement(stmt, KEYSET, direction=direction))
+def _export_select(conditions: list[ColumnElement[bool]]) -> Select[Any]:
+    """The export's query: the page query's filters and order, plain columns, no limit.
 
-
-# Any valid value per filter: only whether a filter is set shapes the statement.
-_PLACEHOLDER_SAMPLE: dict[str, Any] = {
-    "user_id": 1,
-    "action": "LOGIN",
-    "resource_type": "user",
-    "resource_id": "1",
-    "since": "2000-01-01T00:00:00Z",
-    "until": "2000-01-01T00:00:00Z",
-}
+    ``details`` and ``ip_address`` come as PostgreSQL's own text: decoding JSON and
+    addresses per row only to encode them again halved the rows a second the export
+    could read.
+    """
+    return (
+        select(*_shown_columns())
+        .where(*conditions)
+        .order_by(AuditLog.timestamp.desc(), AuditLog.id.desc())
+    )
 
 
 class AuditRepository:
@@ -152,7 +143,8 @@ class AuditRepository:
 
     def _filtered(self, filters: AuditFilters) -> Select[AuditLog]:
         """Entries matching ``filters``, the values bound into the statement."""
-        conditions, values = _conditions(filters)
+        values = _values(filters)
+        conditions = _conditions(values, include_deleted=filters.include_deleted)
         return select(AuditLog).where(*conditions).params(values)
 
     async def page(
@@ -181,12 +173,14 @@ class AuditRepository:
         writes it exactly as the single-entry route does.
         """
         await self.session.execute(text(INDEX_ORDER_ONLY))  # begins the transaction
-        _, values = _conditions(filters)
-        direction = position.direction if position is not None else None
+        values = _values(filters)
         page = await driver_keyset_page(
             self.session,
-            _page_query(tuple(sorted(values)), filters.include_deleted, direction),
+            lambda: select(*_shown_columns()).where(
+                *_conditions(values, include_deleted=filters.include_deleted)
+            ),
             KEYSET,
+            shape=("audit_logs", filters.include_deleted, *values),
             limit=limit,
             position=position,
             encode=encode,
@@ -197,17 +191,10 @@ class AuditRepository:
         return page
 
     def export_statement(self, filters: AuditFilters) -> Select[Any]:
-        """The export's query: the page query's filters and order, plain columns, no limit.
-
-        ``details`` and ``ip_address`` come as PostgreSQL's own text: decoding JSON and
-        addresses per row only to encode them again halved the rows a second the export
-        could read.
-        """
-        return (
-            self._filtered(filters)
-            .with_only_columns(*_shown_columns())
-            .order_by(AuditLog.timestamp.desc(), AuditLog.id.desc())
-        )
+        """The export's query with the filters' values bound (``stream_rows`` runs it)."""
+        values = _values(filters)
+        conditions = _conditions(values, include_deleted=filters.include_deleted)
+        return _export_select(conditions).params(values)
 
     async def stream_rows(
         self, filters: AuditFilters, *, batch: int = EXPORT_BATCH
@@ -220,8 +207,9 @@ class AuditRepository:
         snapshot however long it streams.
         """
         await self.session.execute(text(INDEX_ORDER_ONLY))  # begins the transaction
-        query = DriverQuery(self.export_statement(filters))
-        _, values = _conditions(filters)
+        values = _values(filters)
+        conditions = _conditions(values, include_deleted=filters.include_deleted)
+        query = DriverQuery(_export_select(conditions))
         # Closed as soon as this generator is, even when cancelled: the fetch in flight must
         # end before the session rolls back.
         async with aclosing(driver_batches(self.session, query, values, size=batch)) as batches:

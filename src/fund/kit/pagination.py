@@ -25,7 +25,7 @@ import hmac
 import json
 import re
 import struct
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import Enum
@@ -193,22 +193,36 @@ async def keyset_page(
 
 async def driver_keyset_page(
     session: AsyncSession,
-    query: DriverQuery,
+    stmt: Callable[[], Select[Any]],
     keyset: Keyset,
     *,
+    shape: Hashable,
     limit: int,
     position: Position | None,
     encode: Callable[[Position], str],
     params: Mapping[str, Any],
 ) -> Page[dict[str, Any]]:
-    """One page of plain rows from ``query``, a compiled ``keyset_statement`` for the
-    position's direction; ``params`` are the values of its filters' placeholders."""
+    """One page of plain rows, run on the driver (``fund.db.driver_fetch``).
+
+    ``stmt`` builds the filtered select, its filters on named placeholders whose values
+    are ``params``; ``shape`` must name that statement (which filters it has). The page
+    statement is compiled on the first page of each shape and direction, then reused.
+    """
+    direction = position.direction if position is not None else None
+    query = _DRIVER_PAGES.get((shape, direction))
+    if query is None:
+        query = DriverQuery(keyset_statement(stmt(), keyset, direction=direction))
+        _DRIVER_PAGES[(shape, direction)] = query
     values = keyset_values(limit=limit, position=position) | dict(params)
     rows = await driver_fetch(session, query, values)
     key, row_id = keyset.key.key, keyset.id.key
     return page_of_rows(
         rows, limit=limit, position=position, encode=encode, key_of=lambda r: (r[key], r[row_id])
     )
+
+
+# Bounded by the routes' filter combinations times three directions.
+_DRIVER_PAGES: dict[tuple[Hashable, Direction | None], DriverQuery] = {}
 
 
 def page_of_rows(

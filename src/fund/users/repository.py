@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,13 +12,11 @@ from sqlalchemy.orm import defer
 
 from fund.db import DriverQuery, driver_fetch
 from fund.kit.pagination import (
-    Direction,
     Keyset,
     Page,
     Position,
     driver_keyset_page,
     keyset_page,
-    keyset_statement,
 )
 from fund.models import Role, User
 
@@ -40,26 +37,8 @@ def _like_pattern(text: str) -> str:
     return f"%{escaped}%"
 
 
-def _conditions(filters: UserFilters) -> list[ColumnElement[bool]]:
-    """The filters as placeholders (``_values`` gives their values): one shape per set."""
-    conditions: list[ColumnElement[bool]] = []
-    if filters.role is not None:
-        conditions.append(User.role == bindparam("role"))
-    if filters.is_active is not None:
-        conditions.append(User.is_active == bindparam("is_active"))
-    if filters.q:
-        pattern = bindparam("pattern", type_=String)
-        # Both sides are answered by trigram GIN indexes (migration 004).
-        conditions.append(
-            or_(
-                User.email.like(pattern, escape="\\"),
-                func.lower(User.full_name).like(pattern, escape="\\"),
-            )
-        )
-    return conditions
-
-
 def _values(filters: UserFilters) -> dict[str, Any]:
+    """The filters that are set, as the values of their placeholders (``_conditions``)."""
     values: dict[str, Any] = {}
     if filters.role is not None:
         values["role"] = filters.role.value
@@ -70,22 +49,33 @@ def _values(filters: UserFilters) -> dict[str, Any]:
     return values
 
 
+def _search() -> ColumnElement[bool]:
+    pattern = bindparam("pattern", type_=String)
+    # Both sides are answered by trigram GIN indexes (migration 004).
+    return or_(
+        User.email.like(pattern, escape="\\"),
+        func.lower(User.full_name).like(pattern, escape="\\"),
+    )
+
+
+# Each filter's condition, on a placeholder named like its value in ``_values``.
+_CONDITION: dict[str, Callable[[], ColumnElement[bool]]] = {
+    "role": lambda: User.role == bindparam("role"),
+    "is_active": lambda: User.is_active == bindparam("is_active"),
+    "pattern": _search,
+}
+
+
+def _conditions(values: Mapping[str, Any]) -> list[ColumnElement[bool]]:
+    """The conditions of the filters ``values`` holds: the statement's shape."""
+    return [_CONDITION[name]() for name in values]
+
+
 # The columns ``UserRead`` shows, in its order.
 SHOWN = tuple(c for c in User.__table__.c if c.key != "hashed_password")
 
 
 _BY_ID = DriverQuery(select(*SHOWN).where(User.id == bindparam("user_id")))
-
-
-@functools.cache
-def _page_query(role: bool, is_active: bool, q: bool, direction: Direction | None) -> DriverQuery:
-    shape = UserFilters(
-        role=Role.ADMIN if role else None,
-        is_active=True if is_active else None,
-        q="q" if q else None,
-    )
-    stmt = select(*SHOWN).where(*_conditions(shape))
-    return DriverQuery(keyset_statement(stmt, KEYSET, direction=direction))
 
 
 class UserRepository:
@@ -147,7 +137,8 @@ class UserRepository:
         encode: Callable[[Position], str],
     ) -> Page[User]:
         """A page of ORM users (the path that loads more per user)."""
-        stmt = select(User).options(WITHOUT_HASH).where(*_conditions(filters))
+        values = _values(filters)
+        stmt = select(User).options(WITHOUT_HASH).where(*_conditions(values))
         return await keyset_page(
             self.session,
             stmt,
@@ -156,7 +147,7 @@ class UserRepository:
             position=position,
             encode=encode,
             key_of=lambda u: (u.created_at, u.id),
-            params=_values(filters),
+            params=values,
         )
 
     async def page_rows(
@@ -172,18 +163,16 @@ class UserRepository:
         The hottest list of the API: one compiled statement per filter shape, run in one
         round trip, its rows rendered without models (``fund.db.DriverQuery``).
         """
-        direction = position.direction if position is not None else None
-        query = _page_query(
-            filters.role is not None, filters.is_active is not None, bool(filters.q), direction
-        )
+        values = _values(filters)
         return await driver_keyset_page(
             self.session,
-            query,
+            lambda: select(*SHOWN).where(*_conditions(values)),
             KEYSET,
+            shape=("users", *values),
             limit=limit,
             position=position,
             encode=encode,
-            params=_values(filters),
+            params=values,
         )
 
     async def counts(self) -> dict[str, Any]:
