@@ -17,6 +17,10 @@ from tests.conftest import Account
 
 BASE = datetime(2026, 3, 1, 9, 30, 0, 123456, tzinfo=UTC)
 
+# What a rendering must escape or quote: quote, comma, backslash, tab, line breaks, a
+# control character, non-ASCII.
+ODD_TEXT = 'a "b", c\\d\te\r\nf \x01 é ✓'
+
 INSERT = text(
     "INSERT INTO audit_logs (timestamp, user_id, action, resource_type, resource_id, details,"
     " ip_address, user_agent, request_id, is_deleted)"
@@ -41,9 +45,11 @@ async def trail(resources: Resources, admin: Account, analyst: Account) -> list[
     for n in range(60):
         # Every fifth entry shares its predecessor's timestamp: the id breaks the tie.
         step = n - 1 if n % 5 == 4 else n
+        moment = BASE + timedelta(hours=step * 23, microseconds=step * 7)
         rows.append(
             {
-                "timestamp": BASE + timedelta(hours=step * 23, microseconds=step * 7),
+                # Some on a whole second: rendered without a fraction.
+                "timestamp": moment.replace(microsecond=0) if n % 10 == 0 else moment,
                 "user_id": draw.choice([admin.id, analyst.id, None]),
                 "action": draw.choice(list(Action)).value,
                 "resource_type": draw.choice(list(ResourceType)).value,
@@ -52,7 +58,7 @@ async def trail(resources: Resources, admin: Account, analyst: Account) -> list[
                     [{}, {"email": "x@example.com"}, {"changes": {"role": {"old": 1, "new": 2.5}}}]
                 ),
                 "ip_address": draw.choice(["198.51.100.4", "2001:db8::1", None]),
-                "user_agent": draw.choice(["curl/8.0", 'quote " and, comma', None]),
+                "user_agent": draw.choice(["curl/8.0", 'quote " and, comma', None, ODD_TEXT]),
                 "request_id": f"req-{n}",
                 "is_deleted": n % 7 == 3,
             }

@@ -25,7 +25,7 @@ from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 from fund.audit.repository import EXPORT_BATCH, AuditRepository
-from fund.audit.schemas import Action, AuditFilters, ResourceType
+from fund.audit.schemas import Action, AuditFilters, ExportFormat, ResourceType
 from fund.config import Environment, Settings
 from fund.deps import Resources
 from fund.kit.pagination import Direction, Position
@@ -163,7 +163,7 @@ def refusals(plan: dict[str, Any]) -> list[str]:
 async def deep_position(session: AsyncSession, filters: AuditFilters) -> Position:
     """The entry 90% of the way down this filter's match set (or mid-year when none match)."""
     repository = AuditRepository(session)
-    query = repository.export_statement(filters).subquery()
+    query = repository._filtered(filters).subquery()
     total = await session.scalar(select(func.count()).select_from(query))
     if not total:
         return Position(datetime(2025, 6, 15, tzinfo=UTC), ROWS // 2, Direction.NEXT)
@@ -204,19 +204,20 @@ async def test_every_filter_combination_pages_from_an_index_at_any_depth(
 
 async def test_every_filter_combination_exports_from_an_index(engine: AsyncEngine) -> None:
     bad: list[str] = []
-    for filters in every_combination():
-        async with AsyncSession(engine) as session:
-            repository = AuditRepository(session)
-            with statements_sent(engine) as sent:
-                stream = repository.stream_rows(filters, batch=1)
-                async for _ in stream:
-                    break
-                await stream.aclose()
-            selects = [(s, p) for s, p in sent if "FROM audit_logs" in s]
-            assert len(selects) == 1, sent
-            plan = await explain(session, *selects[0])
-            if problems := refusals(plan):
-                bad.append(f"{filters!r}: {problems}")
+    for export_format in ExportFormat:
+        for filters in every_combination():
+            async with AsyncSession(engine) as session:
+                repository = AuditRepository(session)
+                with statements_sent(engine) as sent:
+                    stream = repository.stream_lines(filters, export_format, batch=1)
+                    async for _ in stream:
+                        break
+                    await stream.aclose()
+                selects = [(s, p) for s, p in sent if "FROM audit_logs" in s]
+                assert len(selects) == 1, sent
+                plan = await explain(session, *selects[0])
+                if problems := refusals(plan):
+                    bad.append(f"{export_format} {filters!r}: {problems}")
     assert not bad, "\n".join(bad)
 
 

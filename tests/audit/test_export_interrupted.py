@@ -13,7 +13,7 @@ from contextlib import aclosing
 from sqlalchemy import text
 
 from fund.audit.repository import AuditRepository
-from fund.audit.schemas import AuditFilters
+from fund.audit.schemas import AuditFilters, ExportFormat
 from fund.deps import Resources
 
 ALL = AuditFilters(include_deleted=True)
@@ -36,7 +36,7 @@ async def test_a_reader_that_stops_early_leaves_the_session_usable(
 ) -> None:
     await fill(resources, 5_000)
     async with resources.sessions() as session:
-        stream = AuditRepository(session).stream_rows(ALL, batch=100)
+        stream = AuditRepository(session).stream_lines(ALL, ExportFormat.JSONL, batch=100)
         first = await anext(stream)
         assert len(first) == 100
         await stream.aclose()  # a fetch of the next 100 was in flight
@@ -51,7 +51,9 @@ async def test_a_cancelled_export_leaves_the_session_usable(resources: Resources
 
         async def read_all() -> int:  # as the export endpoint reads
             count = 0
-            async with aclosing(AuditRepository(session).stream_rows(ALL, batch=500)) as rows:
+            async with aclosing(
+                AuditRepository(session).stream_lines(ALL, ExportFormat.JSONL, batch=500)
+            ) as rows:
                 async for batch in rows:
                     count += len(batch)
                     started.set()

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, status
 from fastapi.responses import StreamingResponse
 
 from fund.audit import export
-from fund.audit.schemas import AuditFilters, AuditLogRead
+from fund.audit.schemas import AuditFilters, AuditLogRead, ExportFormat
 from fund.audit.service import AuditService
 from fund.auth.dependencies import ActorDep, AdminUser
 from fund.deps import AuditServiceDep, ResourcesDep
@@ -39,22 +39,21 @@ async def export_audit_logs(
     filters: Filters,
     _: AdminUser,
     resources: ResourcesDep,
-    format: Annotated[export.ExportFormat, Query()] = export.ExportFormat.JSONL,
+    format: Annotated[ExportFormat, Query()] = ExportFormat.JSONL,
 ) -> StreamingResponse:
     """Every matching entry in page order, streamed in constant memory."""
 
     async def body() -> AsyncIterator[bytes]:
         # Its own session: the stream outlives the request's unit of work.
         async with resources.sessions() as session:
-            if format is export.ExportFormat.CSV:
+            if format is ExportFormat.CSV:
                 yield export.csv_header()
-            encode = export.csv_rows if format is export.ExportFormat.CSV else export.jsonl
             # aclosing: a client that leaves cancels this stream; the rows' generator must be
             # closed then and there (not when collected), before the session rolls back.
-            batches = AuditService(session, resources.cursors).export(filters)
+            batches = AuditService(session, resources.cursors).export(filters, format)
             async with aclosing(batches):
-                async for batch in batches:
-                    yield encode(batch)
+                async for lines in batches:
+                    yield export.joined(lines, format)
 
     return StreamingResponse(
         body(),

@@ -23,6 +23,11 @@ class Action(StrEnum):
     LOGIN_FAILED = "LOGIN_FAILED"
 
 
+class ExportFormat(StrEnum):
+    JSONL = "jsonl"
+    CSV = "csv"
+
+
 class ResourceType(StrEnum):
     USER = "user"
     AUDIT_LOG = "audit_log"

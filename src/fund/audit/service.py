@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fund.audit.repository import AuditRepository
-from fund.audit.schemas import Action, AuditFilters, ResourceType
+from fund.audit.schemas import Action, AuditFilters, ExportFormat, ResourceType
 from fund.errors import BadCursor, NotFound
 from fund.kit.pagination import CursorCodec, InvalidCursor, Page, page_scope
 from fund.models import AuditLog
@@ -94,8 +94,10 @@ class AuditService:
             return  # already deleted: idempotent, nothing new to record
         await self.record(actor, Action.DELETE, ResourceType.AUDIT_LOG, entry_id)
 
-    def export(self, filters: AuditFilters) -> AsyncGenerator[Sequence[Any], None]:
-        return self.repository.stream_rows(filters)
+    def export(
+        self, filters: AuditFilters, export_format: ExportFormat
+    ) -> AsyncGenerator[list[str], None]:
+        return self.repository.stream_lines(filters, export_format)
 
     async def latest_by_actors(self, user_ids: Sequence[int], per_user: int) -> list[AuditLog]:
         return await self.repository.latest_by_actors(user_ids, per_user)
