@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     shutdown_timeout: int = Field(default=30, ge=1)
     """Seconds a stopping worker waits for requests in flight before closing them."""
 
-    db_pool_size: int = Field(default=10, ge=1)
+    db_pool_size: int = Field(default=20, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)
     db_pool_timeout: float = Field(default=5.0, gt=0)
     db_connect_timeout: float = Field(default=5.0, gt=0)
