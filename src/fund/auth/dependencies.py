@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 
 from fund.audit.service import Actor
 from fund.auth.service import authenticate
-from fund.deps import AnonymousActorDep, ResourcesDep, UserServiceDep
+from fund.deps import AnonymousActorDep, UserServiceDep, resources_of
 from fund.errors import Forbidden
 from fund.kit import request_context
 from fund.models import Role
@@ -21,11 +21,9 @@ bearer = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)
 
 
 async def current_user(
-    token: Annotated[str | None, Depends(bearer)],
-    resources: ResourcesDep,
-    users: UserServiceDep,
+    request: Request, token: Annotated[str | None, Depends(bearer)], users: UserServiceDep
 ) -> UserRead:
-    user = await authenticate(token, token_key=resources.token_key, users=users)
+    user = await authenticate(token, token_key=resources_of(request).token_key, users=users)
     request_context.set_user_id(user.id)
     return user
 
