@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import orjson
 from alembic.config import Config
 from sqlalchemy import ClauseElement, event, make_url
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
@@ -164,6 +165,24 @@ async def driver_fetch(
             await connection.invalidate()
             raise
         return [dict(row) for row in rows]
+
+
+async def driver_estimate(
+    session: AsyncSession, query: DriverQuery, values: Mapping[str, Any]
+) -> float:
+    """The rows PostgreSQL expects ``query`` to return, from its plan (``EXPLAIN``, not run).
+
+    In the session's transaction, which must have begun (its planner settings apply).
+    """
+    if not session.in_transaction():
+        raise RuntimeError("driver_estimate needs the session's transaction to have begun")
+    args = query.args(values)
+    explain = "EXPLAIN (FORMAT JSON) " + query.sql
+    driver = await _driver(await session.connection(), explain, args)
+    document = await driver.fetchval(explain, *args)
+    # The dialect decodes json columns on its connections; a plain asyncpg one would not.
+    plans = orjson.loads(document) if isinstance(document, str | bytes) else document
+    return float(plans[0]["Plan"]["Plan Rows"])
 
 
 async def driver_batches(

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, text
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 
 from fund.kit.pagination import Direction, Position
 from fund.models import Role
@@ -78,6 +78,19 @@ async def loaded(postgres: PostgresServer, template_database: str) -> AsyncItera
 
 async def explain(engine: AsyncEngine, filters: UserFilters, position: Position | None) -> Any:
     """The plan of what ``UserRepository.page_rows`` sends (``GET /users``), with row counts."""
+    async with AsyncSession(engine) as session:
+        sent = await page_statements(session, engine, filters, position)
+    async with engine.connect() as conn, conn.begin():
+        return await explain_sent(conn, sent)
+
+
+async def page_statements(
+    session: AsyncSession,
+    engine: AsyncEngine | AsyncConnection,
+    filters: UserFilters,
+    position: Position | None,
+) -> list[tuple[str, Any]]:
+    """What ``page_rows`` sends for this page, in order."""
     sent: list[tuple[str, Any]] = []
 
     def capture(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
@@ -85,21 +98,31 @@ async def explain(engine: AsyncEngine, filters: UserFilters, position: Position 
 
     event.listen(engine.sync_engine, "before_cursor_execute", capture)
     try:
-        async with async_sessionmaker(engine)() as session:
-            page = await UserRepository(session).page_rows(
-                filters, limit=LIMIT, position=position, encode=lambda _: "cursor"
-            )
+        page = await UserRepository(session).page_rows(
+            filters, limit=LIMIT, position=position, encode=lambda _: "cursor"
+        )
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", capture)
-    assert len(sent) == 1  # one statement per page, whatever the path
     assert page.items
-    statement, parameters = sent[0]
+    assert any(s.startswith("SELECT set_config") for s, _ in sent) or filters.q is None
+    return sent
+
+
+async def explain_sent(conn: AsyncConnection, sent: list[tuple[str, Any]]) -> Any:
+    """The page's SELECT explained in ``conn``'s transaction, after the planner settings the
+    repository gave its own (a search settles how it reads, ``SEARCH_FEW``)."""
+    settings = [(s, p) for s, p in sent if s.startswith("SELECT set_config")]
+    bookkeeping = ("SELECT set_config", "EXPLAIN", "SAVEPOINT", "RELEASE SAVEPOINT")
+    reads = [(s, p) for s, p in sent if not s.startswith(bookkeeping)]
+    assert len(reads) == 1  # one statement reads the page, whatever the path
+    statement, parameters = reads[0]
     assert "OFFSET" not in statement.upper()
-    async with engine.connect() as conn:
-        result = await conn.exec_driver_sql(
-            f"EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, FORMAT JSON) {statement}", parameters
-        )
-        return result.scalar_one()[0]["Plan"]
+    for setting, values in settings:
+        await conn.exec_driver_sql(setting, values)
+    result = await conn.exec_driver_sql(
+        f"EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, FORMAT JSON) {statement}", parameters
+    )
+    return result.scalar_one()[0]["Plan"]
 
 
 def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -204,3 +227,24 @@ async def test_a_common_search_term_walks_the_time_index_and_stops_after_a_page(
     scans = [n for n in nodes(plan) if n["Node Type"] == "Index Scan"]
     assert {n["Index Name"] for n in scans} == {"idx_users_created_at_desc"}
     assert all(n["Actual Rows"] <= LIMIT + 1 for n in scans)
+
+
+async def test_a_search_whose_matches_are_all_old_sorts_them_rather_than_walk_to_them(
+    loaded: Loaded,
+) -> None:
+    # 3,000 matches (1.5%), all among the oldest users. Assuming them spread evenly, the
+    # planner would walk created_at expecting a match every ~70 rows, and meet the first
+    # after 197,000. The repository sorts the few matches instead.
+    async with loaded.engine.connect() as conn, conn.begin():
+        await conn.execute(
+            text("UPDATE users SET full_name = 'Clustered ' || full_name WHERE id <= 3000")
+        )
+        await conn.execute(text("ANALYZE users"))
+        async with AsyncSession(bind=conn, join_transaction_mode="create_savepoint") as session:
+            sent = await page_statements(session, conn, UserFilters(q="clustered"), None)
+        plan = await explain_sent(conn, sent)
+        await conn.rollback()
+    kinds = [n["Node Type"] for n in nodes(plan)]
+    assert "Bitmap Heap Scan" in kinds
+    scans = [n for n in nodes(plan) if n["Node Type"] in ("Index Scan", "Bitmap Heap Scan")]
+    assert sum(n["Actual Rows"] + n.get("Rows Removed by Filter", 0) for n in scans) <= 2 * 3000

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, String, bindparam, func, or_, select
+from sqlalchemy import ColumnElement, String, bindparam, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
-from fund.db import DriverQuery, driver_fetch
+from fund.db import DriverQuery, driver_estimate, driver_fetch
 from fund.kit.pagination import (
     Keyset,
     Page,
@@ -70,6 +71,42 @@ def _conditions(values: Mapping[str, Any]) -> list[ColumnElement[bool]]:
     """The conditions of the filters ``values`` holds: the statement's shape."""
     return [_CONDITION[name]() for name in values]
 
+
+SEARCH_FEW = 10_000
+"""Up to this many expected matches, a substring search sorts its matches; beyond, it walks.
+
+A page of ``q`` can be read two ways: collect every match through the trigram indexes and
+keep the newest (cost grows with the matches), or walk ``created_at`` newest first and
+keep what matches until the page is full (cost grows with the rows between matches). The
+planner weighs them assuming matches are spread evenly in time, and people are not: a
+term matching ~1,300 of 1M users, all created in one stretch of time, made it walk
+400k rows (141 ms, docs/benchmarks/REPORT.md) where sorting the matches takes 4 ms. So
+the repository takes the planner's estimate of the matches (``EXPLAIN``, not run) and
+chooses itself: sorting a few thousand matches is cheap wherever they lie; with many,
+the walk meets one every few rows.
+"""
+# Transaction-local planner settings for a search page.
+_SORT_MATCHES = (
+    "SELECT set_config('enable_seqscan', 'off', true), set_config('enable_indexscan', 'off', true)"
+)
+_WALK_TIME = (
+    "SELECT set_config('enable_indexscan', 'on', true),"
+    " set_config('enable_bitmapscan', 'off', true)"
+)
+# Without a run of three letters or digits a pattern has no trigram to look up: it matches
+# broadly, and the indexes would be read whole. Such a search walks the time index.
+_TRIGRAM = re.compile(r"[^\W_]{3}")
+
+
+def _matches(values: Mapping[str, Any]) -> DriverQuery:
+    """Every user the filters match, for the planner's estimate of how many."""
+    query = _MATCHES.get(tuple(values))
+    if query is None:
+        query = _MATCHES[tuple(values)] = DriverQuery(select(User.id).where(*_conditions(values)))
+    return query
+
+
+_MATCHES: dict[tuple[str, ...], DriverQuery] = {}
 
 # The columns ``UserRead`` shows, in its order.
 SHOWN = tuple(c for c in User.__table__.c if c.key != "hashed_password")
@@ -138,6 +175,7 @@ class UserRepository:
     ) -> Page[User]:
         """A page of ORM users (the path that loads more per user)."""
         values = _values(filters)
+        await self._plan_search(filters, values)
         stmt = select(User).options(WITHOUT_HASH).where(*_conditions(values))
         return await keyset_page(
             self.session,
@@ -161,9 +199,11 @@ class UserRepository:
         """The same page as ``page``, as plain rows of the shown columns, on the driver.
 
         The hottest list of the API: one compiled statement per filter shape, run in one
-        round trip, its rows rendered without models (``fund.db.DriverQuery``).
+        round trip, its rows rendered without models (``fund.db.DriverQuery``). A search
+        (``q``) first settles how the page is read (``SEARCH_FEW``), in a transaction.
         """
         values = _values(filters)
+        await self._plan_search(filters, values)
         return await driver_keyset_page(
             self.session,
             lambda: select(*SHOWN).where(*_conditions(values)),
@@ -174,6 +214,17 @@ class UserRepository:
             encode=encode,
             params=values,
         )
+
+    async def _plan_search(self, filters: UserFilters, values: Mapping[str, Any]) -> None:
+        """For a search, how this page's transaction reads it (``SEARCH_FEW``)."""
+        if filters.q is None:
+            return
+        if not _TRIGRAM.search(filters.q):
+            await self.session.execute(text(_WALK_TIME))  # begins the transaction
+            return
+        await self.session.execute(text(_SORT_MATCHES))  # begins the transaction
+        if await driver_estimate(self.session, _matches(values), values) > SEARCH_FEW:
+            await self.session.execute(text(_WALK_TIME))
 
     async def counts(self) -> dict[str, Any]:
         total, active = (
