@@ -108,14 +108,19 @@ async def page_statements(
     return sent
 
 
+def page_read(sent: list[tuple[str, Any]]) -> tuple[str, Any]:
+    """The one statement that reads the page, among what the repository sent."""
+    bookkeeping = ("SELECT set_config", "EXPLAIN", "SAVEPOINT", "RELEASE SAVEPOINT")
+    reads = [(s, p) for s, p in sent if not s.startswith(bookkeeping)]
+    assert len(reads) == 1  # one statement reads the page, whatever the path
+    return reads[0]
+
+
 async def explain_sent(conn: AsyncConnection, sent: list[tuple[str, Any]]) -> Any:
     """The page's SELECT explained in ``conn``'s transaction, after the planner settings the
     repository gave its own (a search settles how it reads, ``SEARCH_FEW``)."""
     settings = [(s, p) for s, p in sent if s.startswith("SELECT set_config")]
-    bookkeeping = ("SELECT set_config", "EXPLAIN", "SAVEPOINT", "RELEASE SAVEPOINT")
-    reads = [(s, p) for s, p in sent if not s.startswith(bookkeeping)]
-    assert len(reads) == 1  # one statement reads the page, whatever the path
-    statement, parameters = reads[0]
+    statement, parameters = page_read(sent)
     assert "OFFSET" not in statement.upper()
     for setting, values in settings:
         await conn.exec_driver_sql(setting, values)
@@ -248,3 +253,14 @@ async def test_a_search_whose_matches_are_all_old_sorts_them_rather_than_walk_to
     assert "Bitmap Heap Scan" in kinds
     scans = [n for n in nodes(plan) if n["Node Type"] in ("Index Scan", "Bitmap Heap Scan")]
     assert sum(n["Actual Rows"] + n.get("Rows Removed by Filter", 0) for n in scans) <= 2 * 3000
+
+
+async def test_the_two_ways_of_reading_a_search_are_two_statements(loaded: Loaded) -> None:
+    # A cached generic plan would otherwise outlive the planner settings it was made under.
+    pages = {}
+    for term in (RARE, "@plans."):
+        async with AsyncSession(loaded.engine) as session:
+            sent = await page_statements(session, loaded.engine, UserFilters(q=term), None)
+        pages[term] = page_read(sent)[0]
+    assert "/* q: sort */" in pages[RARE]
+    assert "/* q: walk */" in pages["@plans."]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, String, bindparam, func, or_, select, text
+from sqlalchemy import ColumnElement, Select, String, bindparam, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
@@ -20,6 +20,8 @@ from fund.kit.pagination import (
     keyset_page,
 )
 from fund.models import Role, User
+
+T = TypeVar("T")
 
 KEYSET = Keyset(User.created_at, User.id)
 # Reads that show users never fetch the password hash; touching it is an error, not a query.
@@ -96,6 +98,16 @@ _WALK_TIME = (
 # Without a run of three letters or digits a pattern has no trigram to look up: it matches
 # broadly, and the indexes would be read whole. Such a search walks the time index.
 _TRIGRAM = re.compile(r"[^\W_]{3}")
+
+
+def _marked(stmt: Select[T], read: str | None) -> Select[T]:
+    """A search page's statement, its text marked with how it is read.
+
+    A prepared statement's plan may be cached and reused (PostgreSQL's generic plans)
+    whatever the transaction's planner settings are by then: the two ways of reading a
+    search are two statements, each planned under its own settings.
+    """
+    return stmt if read is None else stmt.prefix_with(f"/* q: {read} */")
 
 
 def _matches(values: Mapping[str, Any]) -> DriverQuery:
@@ -175,8 +187,8 @@ class UserRepository:
     ) -> Page[User]:
         """A page of ORM users (the path that loads more per user)."""
         values = _values(filters)
-        await self._plan_search(filters, values)
-        stmt = select(User).options(WITHOUT_HASH).where(*_conditions(values))
+        read = await self._plan_search(filters, values)
+        stmt = _marked(select(User).options(WITHOUT_HASH).where(*_conditions(values)), read)
         return await keyset_page(
             self.session,
             stmt,
@@ -203,28 +215,29 @@ class UserRepository:
         (``q``) first settles how the page is read (``SEARCH_FEW``), in a transaction.
         """
         values = _values(filters)
-        await self._plan_search(filters, values)
+        read = await self._plan_search(filters, values)
         return await driver_keyset_page(
             self.session,
-            lambda: select(*SHOWN).where(*_conditions(values)),
+            lambda: _marked(select(*SHOWN).where(*_conditions(values)), read),
             KEYSET,
-            shape=("users", *values),
+            shape=("users", read, *values),
             limit=limit,
             position=position,
             encode=encode,
             params=values,
         )
 
-    async def _plan_search(self, filters: UserFilters, values: Mapping[str, Any]) -> None:
-        """For a search, how this page's transaction reads it (``SEARCH_FEW``)."""
+    async def _plan_search(self, filters: UserFilters, values: Mapping[str, Any]) -> str | None:
+        """For a search, how this page's transaction reads it (``SEARCH_FEW``): ``"sort"``
+        or ``"walk"``; None for a page without ``q``."""
         if filters.q is None:
-            return
-        if not _TRIGRAM.search(filters.q):
-            await self.session.execute(text(_WALK_TIME))  # begins the transaction
-            return
-        await self.session.execute(text(_SORT_MATCHES))  # begins the transaction
-        if await driver_estimate(self.session, _matches(values), values) > SEARCH_FEW:
-            await self.session.execute(text(_WALK_TIME))
+            return None
+        if _TRIGRAM.search(filters.q):
+            await self.session.execute(text(_SORT_MATCHES))  # begins the transaction
+            if await driver_estimate(self.session, _matches(values), values) <= SEARCH_FEW:
+                return "sort"
+        await self.session.execute(text(_WALK_TIME))  # begins the transaction, if not yet
+        return "walk"
 
     async def counts(self) -> dict[str, Any]:
         total, active = (
