@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import CompoundSelect, Integer, Select, bindparam, tuple_, union_all
+from sqlalchemy import ColumnElement, CompoundSelect, Integer, Select, bindparam, tuple_, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -120,8 +120,16 @@ class Page(Generic[T]):
 class Keyset:
     """The sort of a list: a timestamp column, newest first, with the id as tie-breaker."""
 
-    key: InstrumentedAttribute[datetime]
-    id: InstrumentedAttribute[int]
+    key: InstrumentedAttribute[datetime] | ColumnElement[datetime]
+    id: InstrumentedAttribute[int] | ColumnElement[int]
+    """Columns of a table, or of a CTE the page reads from."""
+
+    @property
+    def names(self) -> tuple[str, str]:
+        """The two columns' names, as a row of the page carries them."""
+        key, row_id = self.key.key, self.id.key
+        assert key is not None and row_id is not None
+        return key, row_id
 
 
 # The names of the keyset's own placeholders; a filter's placeholders must not reuse them.
@@ -215,7 +223,7 @@ async def driver_keyset_page(
         _DRIVER_PAGES[(shape, direction)] = query
     values = keyset_values(limit=limit, position=position) | dict(params)
     rows = await driver_fetch(session, query, values)
-    key, row_id = keyset.key.key, keyset.id.key
+    key, row_id = keyset.names
     return page_of_rows(
         rows, limit=limit, position=position, encode=encode, key_of=lambda r: (r[key], r[row_id])
     )

@@ -110,6 +110,28 @@ def _marked(stmt: Select[T], read: str | None) -> Select[T]:
     return stmt if read is None else stmt.prefix_with(f"/* q: {read} */")
 
 
+def _sorted_matches(values: Mapping[str, Any]) -> tuple[Select[Any], Keyset]:
+    """A search page's rows when it sorts its matches: read from the matches alone.
+
+    Behind a materialized CTE, the cursor's position applies to the matches only; on the
+    table it could also become a bitmap of the ``created_at`` range behind the cursor,
+    intersected with the trigram bitmap (``BitmapAnd``), which grows with the depth.
+    """
+    found = _SORTED.get(tuple(values))
+    if found is None:
+        matches = (
+            select(*SHOWN).where(*_conditions(values)).cte("matches").prefix_with("MATERIALIZED")
+        )
+        found = _SORTED[tuple(values)] = (
+            select(matches),
+            Keyset(matches.c.created_at, matches.c.id),
+        )
+    return found
+
+
+_SORTED: dict[tuple[str, ...], tuple[Select[Any], Keyset]] = {}
+
+
 def _matches(values: Mapping[str, Any]) -> DriverQuery:
     """Every user the filters match, for the planner's estimate of how many."""
     query = _MATCHES.get(tuple(values))
@@ -216,10 +238,13 @@ class UserRepository:
         """
         values = _values(filters)
         read = await self._plan_search(filters, values)
+        source, keyset = _sorted_matches(values) if read == "sort" else (None, KEYSET)
         return await driver_keyset_page(
             self.session,
-            lambda: _marked(select(*SHOWN).where(*_conditions(values)), read),
-            KEYSET,
+            lambda: _marked(
+                select(*SHOWN).where(*_conditions(values)) if source is None else source, read
+            ),
+            keyset,
             shape=("users", read, *values),
             limit=limit,
             position=position,
