@@ -135,33 +135,49 @@ _ASYNCPG = asyncpg_dialect()  # type: ignore[no-untyped-call]
 
 
 async def driver_fetch(
-    session: AsyncSession, query: DriverQuery, values: Mapping[str, Any]
+    session: AsyncSession,
+    query: DriverQuery,
+    values: Mapping[str, Any],
+    *,
+    settings: str | None = None,
 ) -> list[dict[str, Any]]:
     """Rows of ``query`` as dicts.
 
-    Inside the request's transaction when one has begun. Otherwise the statement runs
-    alone on a pooled connection, without a transaction of its own: one statement
-    reads one snapshot, and a read-only request then costs one round trip and no
-    session bookkeeping. The engine's ``before_cursor_execute`` listeners hear it like
-    any other statement: it is counted and can be captured.
+    Inside the request's transaction when one has begun. Otherwise the statement runs on
+    a pooled connection: alone, without a transaction of its own (one statement reads
+    one snapshot, so a read-only request costs one round trip and no session
+    bookkeeping); or, with ``settings`` (one ``SELECT set_config(…, true)`` statement of
+    planner settings), in a read-only transaction of its own whose ``BEGIN`` travels with
+    the settings in one round trip. The engine's ``before_cursor_execute`` listeners hear
+    the settings and the statement like any other: counted, and can be captured.
     """
     args = query.args(values)
     if session.in_transaction():
         # The session's connection: on a failure, its rollback deals with it as with any.
-        driver = await _driver(await session.connection(), query.sql, args)
+        connection = await session.connection()
+        if settings is not None:
+            await (await _driver(connection, settings, [])).execute(settings)
+        driver = await _driver(connection, query.sql, args)
         return [dict(row) for row in await driver.fetch(query.sql, *args)]
     engine = session.bind
     assert isinstance(engine, AsyncEngine)
     async with engine.connect() as connection:
-        driver = await _driver(connection, query.sql, args)
         try:
+            if settings is not None:
+                # Simple-query protocol: several statements, one round trip.
+                await (await _driver(connection, settings, [])).execute(
+                    f"BEGIN READ ONLY; {settings}"
+                )
+            driver = await _driver(connection, query.sql, args)
             rows = await driver.fetch(query.sql, *args)
+            if settings is not None:
+                await driver.execute("COMMIT")
         except BaseException:
-            # SQLAlchemy did not run this statement, so it cannot know what the failure
-            # left behind (a cancelled fetch leaves the protocol mid-operation), and with
-            # no transaction begun it has nothing to roll back on check-in: the connection
-            # is retired rather than handed out again. Errors here are rare (values are
-            # validated); a reconnect is cheap.
+            # SQLAlchemy did not run these statements, so it cannot know what a failure
+            # left behind (a cancelled fetch leaves the protocol mid-operation, a failed
+            # one its transaction open), and it began no transaction to roll back on
+            # check-in: the connection is retired rather than handed out again. Errors
+            # here are rare (values are validated); a reconnect is cheap.
             await connection.invalidate()
             raise
         return [dict(row) for row in rows]

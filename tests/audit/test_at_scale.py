@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 from fund.audit.repository import EXPORT_BATCH, AuditRepository
@@ -193,6 +193,11 @@ async def test_every_filter_combination_pages_from_an_index_at_any_depth(
                     await repository.page_rows(filters, limit=20, position=position, encode=str)
                 reads = [(s, p) for s, p in sent if "FROM audit_logs" in s]
                 assert reads, sent
+                # Explained under the planner settings the page ran with.
+                settings = [s for s, _ in sent if s.startswith("SELECT set_config")]
+                assert settings, sent
+                for setting in settings:
+                    await session.execute(text(setting))
                 for statement, parameters in reads:
                     plan = await explain(session, statement, parameters)
                     checked += 1

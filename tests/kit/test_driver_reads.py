@@ -37,6 +37,38 @@ async def test_a_failed_statement_retires_its_connection(database_url: str) -> N
         await engine.dispose()
 
 
+SORT = DriverQuery(
+    select(
+        literal_column("current_setting('enable_sort')").label("sort"),
+        literal_column("pg_backend_pid()").label("pid"),
+        literal_column("6").op("/")(bindparam("by", type_=Integer)).label("q"),
+    )
+)
+SORT_OFF = "SELECT set_config('enable_sort', 'off', true)"
+
+
+async def test_settings_apply_to_the_statement_only_and_leave_the_connection_clean(
+    database_url: str,
+) -> None:
+    engine = create_async_engine(database_url, pool_size=1, max_overflow=0)
+    sessions = async_sessionmaker(engine)
+    try:
+        async with sessions() as session:
+            with_settings = await driver_fetch(session, SORT, {"by": 2}, settings=SORT_OFF)
+            assert with_settings[0]["sort"] == "off"
+            # Its transaction ended: the same pooled connection is back to the defaults.
+            plain = await driver_fetch(session, SORT, {"by": 2})
+            assert plain[0] == {**with_settings[0], "sort": "on"}
+            # A statement that fails inside that transaction retires the connection.
+            with pytest.raises(asyncpg.DivisionByZeroError):
+                await driver_fetch(session, SORT, {"by": 0}, settings=SORT_OFF)
+            after = await driver_fetch(session, SORT, {"by": 2})
+            assert after[0]["sort"] == "on"
+            assert after[0]["pid"] != plain[0]["pid"]
+    finally:
+        await engine.dispose()
+
+
 async def test_inside_a_transaction_it_reads_on_the_sessions_connection(
     database_url: str,
 ) -> None:

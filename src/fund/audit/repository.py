@@ -228,12 +228,12 @@ class AuditRepository:
     ) -> Page[dict[str, Any]]:
         """The same page as ``page``, as plain rows of ``AuditLogRead``'s fields, on the driver.
 
-        ``GET /audit-logs``: one compiled statement per filter shape and direction, in the
-        transaction that prices sorts out (``INDEX_ORDER_ONLY``), its rows rendered
-        without models. ``details`` arrives as JSON text and is parsed (orjson) so the page
-        writes it exactly as the single-entry route does.
+        ``GET /audit-logs``: one compiled statement per filter shape and direction, in a
+        read-only transaction that prices sorts out (``INDEX_ORDER_ONLY``) and begins in
+        the same round trip as those settings (``fund.db.driver_fetch``), its rows
+        rendered without models. ``details`` arrives as JSON text and is parsed (orjson)
+        so the page writes it exactly as the single-entry route does.
         """
-        await self.session.execute(text(INDEX_ORDER_ONLY))  # begins the transaction
         values = _values(filters)
         page = await driver_keyset_page(
             self.session,
@@ -246,6 +246,7 @@ class AuditRepository:
             position=position,
             encode=encode,
             params=values,
+            settings=INDEX_ORDER_ONLY,
         )
         for row in page.items:
             row["details"] = orjson.loads(row["details"])

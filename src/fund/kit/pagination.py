@@ -209,8 +209,10 @@ async def driver_keyset_page(
     position: Position | None,
     encode: Callable[[Position], str],
     params: Mapping[str, Any],
+    settings: str | None = None,
 ) -> Page[dict[str, Any]]:
-    """One page of plain rows, run on the driver (``fund.db.driver_fetch``).
+    """One page of plain rows, run on the driver (``fund.db.driver_fetch``, which applies
+    ``settings``, planner settings for the page's statement).
 
     ``stmt`` builds the filtered select, its filters on named placeholders whose values
     are ``params``; ``shape`` must name that statement (which filters it has). The page
@@ -222,7 +224,7 @@ async def driver_keyset_page(
         query = DriverQuery(keyset_statement(stmt(), keyset, direction=direction))
         _DRIVER_PAGES[(shape, direction)] = query
     values = keyset_values(limit=limit, position=position) | dict(params)
-    rows = await driver_fetch(session, query, values)
+    rows = await driver_fetch(session, query, values, settings=settings)
     key, row_id = keyset.names
     return page_of_rows(
         rows, limit=limit, position=position, encode=encode, key_of=lambda r: (r[key], r[row_id])
