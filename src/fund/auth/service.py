@@ -84,7 +84,7 @@ async def authenticate(token: str | None, *, token_key: bytes, users: UserServic
     except InvalidToken as exc:
         raise NotAuthenticated from exc
     try:
-        user = (await users.get(user_id)).user
+        user = await users.get(user_id)
     except NotFound as exc:
         raise NotAuthenticated from exc
     if not user.is_active:

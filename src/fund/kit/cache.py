@@ -96,6 +96,14 @@ class Lookup:
     hit: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Found:
+    """An entity as the cache holds it (its schema's JSON), and whether it came from there."""
+
+    value: bytes
+    hit: bool
+
+
 class InvalidationLog:
     """Invalidations that could not reach Redis, in PostgreSQL where every process sees them.
 

@@ -9,6 +9,7 @@ import orjson
 from fastapi import Response
 from pydantic import BaseModel
 
+from fund.kit.cache import Found
 from fund.kit.pagination import Page
 
 T = TypeVar("T")
@@ -72,5 +73,5 @@ class CachedJSON(Response):
 
     media_type = "application/json"
 
-    def __init__(self, value: bytes, *, hit: bool) -> None:
-        super().__init__(value, headers={"X-Cache": "hit" if hit else "miss"})
+    def __init__(self, found: Found) -> None:
+        super().__init__(found.value, headers={"X-Cache": "hit" if found.hit else "miss"})

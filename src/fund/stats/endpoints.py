@@ -17,5 +17,4 @@ router = APIRouter(prefix="/stats", tags=["stats"])
 async def read_stats(_: StaffUser, session: SessionDep, resources: ResourcesDep) -> CachedJSON:
     """Cached up to `FUND_CACHE_STATS_TTL` seconds (`X-Cache: hit|miss`)."""
     service = StatsService(session, resources.cache, ttl=resources.settings.cache_stats_ttl)
-    found = await service.get()
-    return CachedJSON(found.value, hit=found.hit)
+    return CachedJSON(await service.get())

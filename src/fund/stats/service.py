@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fund.audit.repository import AuditRepository
-from fund.kit.cache import Cache
+from fund.kit.cache import Cache, Found
 from fund.stats.schemas import AuditStats, StatsOut, UserStats
 from fund.users.repository import UserRepository
 
 CACHE_KIND = "stats"
 CACHE_ID = "global"
-
-
-@dataclass(frozen=True, slots=True)
-class CachedStats:
-    value: bytes  # StatsOut as JSON
-    hit: bool
 
 
 class StatsService:
@@ -29,10 +22,11 @@ class StatsService:
         self.cache = cache
         self.ttl = ttl
 
-    async def get(self) -> CachedStats:
+    async def get(self) -> Found:
+        """``StatsOut`` as JSON, as the cache holds it."""
         lookup = await self.cache.get_or_build(CACHE_KIND, CACHE_ID, self.ttl, self._build)
         assert lookup.value is not None
-        return CachedStats(lookup.value, lookup.hit)
+        return Found(lookup.value, lookup.hit)
 
     async def _build(self) -> bytes:
         stats = StatsOut(

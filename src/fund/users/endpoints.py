@@ -66,8 +66,7 @@ async def update_me(
 async def read_user(user_id: PathId, caller: CurrentUser, users: UserServiceDep) -> Response:
     if caller.role is Role.VIEWER and caller.id != user_id:
         raise Forbidden
-    found = await users.get_json(user_id)
-    return CachedJSON(found.value, hit=found.hit)
+    return CachedJSON(await users.get_json(user_id))
 
 
 @router.patch("/{user_id}", response_model=UserRead)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -13,7 +12,7 @@ from fund.audit.schemas import Action, AuditLogRead, ResourceType
 from fund.audit.service import Actor, AuditService
 from fund.db import after_commit
 from fund.errors import BadCursor, EmailTaken, LastAdmin, NotFound
-from fund.kit.cache import Cache
+from fund.kit.cache import Cache, Found
 from fund.kit.pagination import CursorCodec, InvalidCursor, Page, Position, page_scope
 from fund.kit.schemas import PageOut
 from fund.kit.security import hash_password
@@ -29,18 +28,6 @@ from fund.users.schemas import (
 
 CACHE_KIND = "user"
 RECENT_AUDIT_LOGS = 5
-
-
-@dataclass(frozen=True, slots=True)
-class FoundJSON:
-    value: bytes
-    hit: bool
-
-
-@dataclass(frozen=True, slots=True)
-class CachedUser:
-    user: UserRead
-    hit: bool
 
 
 class UserService:
@@ -61,19 +48,18 @@ class UserService:
 
     # -- reads -------------------------------------------------------------------
 
-    async def get(self, user_id: int) -> CachedUser:
-        """The user by id, from the cache when warm. Authentication reads through here too."""
-        found = await self.get_json(user_id)
-        return CachedUser(UserRead.model_validate_json(found.value), hit=found.hit)
+    async def get(self, user_id: int) -> UserRead:
+        """The user by id, from the cache when warm. Authentication reads through here."""
+        return UserRead.model_validate_json((await self.get_json(user_id)).value)
 
-    async def get_json(self, user_id: int) -> FoundJSON:
+    async def get_json(self, user_id: int) -> Found:
         """The user by id as ``UserRead`` JSON, as the cache holds it (no parse on a hit)."""
         lookup = await self.cache.get_or_load(
             CACHE_KIND, user_id, self.cache_ttl, lambda: self._load(user_id)
         )
         if lookup.value is None:
             raise NotFound("User not found")
-        return FoundJSON(lookup.value, hit=lookup.hit)
+        return Found(lookup.value, hit=lookup.hit)
 
     async def _load(self, user_id: int) -> bytes | None:
         row = await self.repository.get_row(user_id)
