@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+import functools
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from contextlib import aclosing
 from datetime import timedelta
 from typing import Any
@@ -89,11 +90,11 @@ _CONDITION: dict[str, Callable[[], ColumnElement[bool]]] = {
 }
 
 
-def _conditions(values: Mapping[str, Any], *, include_deleted: bool) -> list[ColumnElement[bool]]:
-    """The conditions of the filters ``values`` holds: with ``include_deleted``, the
-    statement's shape."""
+def _conditions(names: Iterable[str], *, include_deleted: bool) -> list[ColumnElement[bool]]:
+    """The conditions of the filters named (the keys of ``_values``): with
+    ``include_deleted``, the statement's shape."""
     hidden = [] if include_deleted else [AuditLog.is_deleted.is_(False)]
-    return hidden + [_CONDITION[name]() for name in values]
+    return hidden + [_CONDITION[name]() for name in names]
 
 
 def _shown_columns() -> list[ColumnElement[Any]]:
@@ -131,10 +132,12 @@ def _csv_cell(value: ColumnElement[Any]) -> ColumnElement[str]:
     return case((value.op("~")(_sql_string('[",\\r\\n]')), quoted), else_=value)
 
 
-def _export_select(
-    conditions: list[ColumnElement[bool]], export_format: ExportFormat
-) -> Select[Any]:
-    """The export's query: the page query's filters and order, no limit, one line a row.
+@functools.cache
+def _export_query(
+    export_format: ExportFormat, include_deleted: bool, names: tuple[str, ...]
+) -> DriverQuery:
+    """The export's query for the filters named: the page query's filters and order, no
+    limit, one line a row; compiled once per filter shape, like the pages.
 
     Each entry is written as its line by PostgreSQL, beside the scan: JSON Lines by
     ``row_to_json`` over the API's fields (compact, in the API's order, ``details``
@@ -165,15 +168,13 @@ def _export_select(
                 for name, value in fields.items()
             ),
         )
-    return (
+    return DriverQuery(
         select(cast(line, Text).label("line"))
         .select_from(source)
-        .where(*conditions)
+        .where(*_conditions(names, include_deleted=include_deleted))
         .order_by(AuditLog.timestamp.desc(), AuditLog.id.desc())
     )
 
-
-_EXPORTS: dict[tuple[Any, ...], DriverQuery] = {}
 
 _PLAIN_CELLS = frozenset({"id", "timestamp", "user_id", "ip_address", "is_deleted"})
 """Cells that never hold a comma, a quote or a line break: numbers, times, addresses."""
@@ -264,11 +265,7 @@ class AuditRepository:
         """
         await self.session.execute(text(INDEX_ORDER_ONLY))  # begins the transaction
         values = _values(filters)
-        shape = (export_format, filters.include_deleted, *values)
-        query = _EXPORTS.get(shape)
-        if query is None:  # compiled once per filter shape, like the pages
-            conditions = _conditions(values, include_deleted=filters.include_deleted)
-            query = _EXPORTS[shape] = DriverQuery(_export_select(conditions, export_format))
+        query = _export_query(export_format, filters.include_deleted, tuple(values))
         # Closed as soon as this generator is, even when cancelled: the fetch in flight must
         # end before the session rolls back.
         async with aclosing(driver_batches(self.session, query, values, size=batch)) as batches:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -69,9 +70,9 @@ _CONDITION: dict[str, Callable[[], ColumnElement[bool]]] = {
 }
 
 
-def _conditions(values: Mapping[str, Any]) -> list[ColumnElement[bool]]:
-    """The conditions of the filters ``values`` holds: the statement's shape."""
-    return [_CONDITION[name]() for name in values]
+def _conditions(names: Iterable[str]) -> list[ColumnElement[bool]]:
+    """The conditions of the filters named (the keys of ``_values``): the statement's shape."""
+    return [_CONDITION[name]() for name in names]
 
 
 SEARCH_FEW = 10_000
@@ -110,37 +111,27 @@ def _marked(stmt: Select[T], read: str | None) -> Select[T]:
     return stmt if read is None else stmt.prefix_with(f"/* q: {read} */")
 
 
-def _sorted_matches(values: Mapping[str, Any]) -> tuple[Select[Any], Keyset]:
-    """A search page's rows when it sorts its matches: read from the matches alone.
+@functools.cache
+def _rows_source(names: tuple[str, ...], read: str | None) -> tuple[Select[Any], Keyset]:
+    """What a page of rows reads for the filters named, read as ``_plan_search`` chose.
 
-    Behind a materialized CTE, the cursor's position applies to the matches only; on the
-    table it could also become a bitmap of the ``created_at`` range behind the cursor,
-    intersected with the trigram bitmap (``BitmapAnd``), which grows with the depth.
+    A search that sorts its matches reads them behind a materialized CTE, so the cursor's
+    position applies to the matches only; on the table it could also become a bitmap of
+    the ``created_at`` range behind the cursor, intersected with the trigram bitmap
+    (``BitmapAnd``), which grows with the depth.
     """
-    found = _SORTED.get(tuple(values))
-    if found is None:
-        matches = (
-            select(*SHOWN).where(*_conditions(values)).cte("matches").prefix_with("MATERIALIZED")
-        )
-        found = _SORTED[tuple(values)] = (
-            select(matches),
-            Keyset(matches.c.created_at, matches.c.id),
-        )
-    return found
+    filtered = select(*SHOWN).where(*_conditions(names))
+    if read != "sort":
+        return _marked(filtered, read), KEYSET
+    matches = filtered.cte("matches").prefix_with("MATERIALIZED")
+    return _marked(select(matches), read), Keyset(matches.c.created_at, matches.c.id)
 
 
-_SORTED: dict[tuple[str, ...], tuple[Select[Any], Keyset]] = {}
+@functools.cache
+def _matches(names: tuple[str, ...]) -> DriverQuery:
+    """Every user the filters named match, for the planner's estimate of how many."""
+    return DriverQuery(select(User.id).where(*_conditions(names)))
 
-
-def _matches(values: Mapping[str, Any]) -> DriverQuery:
-    """Every user the filters match, for the planner's estimate of how many."""
-    query = _MATCHES.get(tuple(values))
-    if query is None:
-        query = _MATCHES[tuple(values)] = DriverQuery(select(User.id).where(*_conditions(values)))
-    return query
-
-
-_MATCHES: dict[tuple[str, ...], DriverQuery] = {}
 
 # The columns ``UserRead`` shows, in its order.
 SHOWN = tuple(c for c in User.__table__.c if c.key != "hashed_password")
@@ -238,12 +229,10 @@ class UserRepository:
         """
         values = _values(filters)
         read = await self._plan_search(filters, values)
-        source, keyset = _sorted_matches(values) if read == "sort" else (None, KEYSET)
+        source, keyset = _rows_source(tuple(values), read)
         return await driver_keyset_page(
             self.session,
-            lambda: _marked(
-                select(*SHOWN).where(*_conditions(values)) if source is None else source, read
-            ),
+            lambda: source,
             keyset,
             shape=("users", read, *values),
             limit=limit,
@@ -259,7 +248,7 @@ class UserRepository:
             return None
         if _TRIGRAM.search(filters.q):
             await self.session.execute(text(_SORT_MATCHES))  # begins the transaction
-            if await driver_estimate(self.session, _matches(values), values) <= SEARCH_FEW:
+            if await driver_estimate(self.session, _matches(tuple(values)), values) <= SEARCH_FEW:
                 return "sort"
         await self.session.execute(text(_WALK_TIME))  # begins the transaction, if not yet
         return "walk"
