@@ -155,20 +155,22 @@ async def driver_fetch(
     if session.in_transaction():
         # The session's connection: on a failure, its rollback deals with it as with any.
         connection = await session.connection()
+        driver = await _driver(connection)
         if settings is not None:
-            await (await _driver(connection, settings, [])).execute(settings)
-        driver = await _driver(connection, query.sql, args)
+            _heard(connection, settings, [])
+            await driver.execute(settings)
+        _heard(connection, query.sql, args)
         return [dict(row) for row in await driver.fetch(query.sql, *args)]
     engine = session.bind
     assert isinstance(engine, AsyncEngine)
     async with engine.connect() as connection:
+        driver = await _driver(connection)
         try:
             if settings is not None:
+                _heard(connection, settings, [])
                 # Simple-query protocol: several statements, one round trip.
-                await (await _driver(connection, settings, [])).execute(
-                    f"BEGIN READ ONLY; {settings}"
-                )
-            driver = await _driver(connection, query.sql, args)
+                await driver.execute(f"BEGIN READ ONLY; {settings}")
+            _heard(connection, query.sql, args)
             rows = await driver.fetch(query.sql, *args)
             if settings is not None:
                 await driver.execute("COMMIT")
@@ -194,8 +196,9 @@ async def driver_estimate(
         raise RuntimeError("driver_estimate needs the session's transaction to have begun")
     args = query.args(values)
     explain = "EXPLAIN (FORMAT JSON) " + query.sql
-    driver = await _driver(await session.connection(), explain, args)
-    document = await driver.fetchval(explain, *args)
+    connection = await session.connection()
+    _heard(connection, explain, args)
+    document = await (await _driver(connection)).fetchval(explain, *args)
     # The dialect decodes json columns on its connections; a plain asyncpg one would not.
     plans = orjson.loads(document) if isinstance(document, str | bytes) else document
     return float(plans[0]["Plan"]["Plan Rows"])
@@ -216,8 +219,9 @@ async def driver_batches(
     if not session.in_transaction():
         raise RuntimeError("driver_batches needs the session's transaction to have begun")
     args = query.args(values)
-    driver = await _driver(await session.connection(), query.sql, args)
-    cursor = await driver.cursor(query.sql, *args)
+    connection = await session.connection()
+    _heard(connection, query.sql, args)
+    cursor = await (await _driver(connection)).cursor(query.sql, *args)
     pending = asyncio.ensure_future(cursor.fetch(size))
     try:
         while rows := await asyncio.shield(pending):
@@ -229,13 +233,17 @@ async def driver_batches(
                 await asyncio.wait([pending])
 
 
-async def _driver(connection: AsyncConnection, sql: str, args: list[Any]) -> Any:
-    """The asyncpg connection under ``connection``, once the engine's listeners have heard
-    the statement about to run on it (counted in metrics, capturable in tests)."""
+async def _driver(connection: AsyncConnection) -> Any:
+    """The asyncpg connection under ``connection``."""
+    return (await connection.get_raw_connection()).driver_connection
+
+
+def _heard(connection: AsyncConnection, sql: str, args: list[Any]) -> None:
+    """Tell the engine's listeners of a statement about to run on the driver (counted in
+    metrics, capturable in tests), as SQLAlchemy does for its own."""
     sync = connection.sync_connection
     if sync is not None and sync.dispatch.before_cursor_execute:
         sync.dispatch.before_cursor_execute(sync, None, sql, tuple(args), None, False)
-    return (await connection.get_raw_connection()).driver_connection
 
 
 def asyncpg_dsn(database_url: str) -> str:
