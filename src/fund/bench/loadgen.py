@@ -90,24 +90,21 @@ class HttpConnection:
                 headers[name.strip().lower()] = value.strip()
         return int(status_line.split(" ", 2)[1]), headers
 
-    async def body_chunks(self, headers: dict[str, str]) -> list[bytes] | None:
-        """The whole body when its length is known; None for a chunked body (read by the caller)."""
+    async def read_body(self, headers: dict[str, str]) -> bytes:
+        """The whole body: by its length, or chunk by chunk to the last."""
         assert self._reader is not None
         if "content-length" in headers:
-            return [await self._reader.readexactly(int(headers["content-length"]))]
-        if headers.get("transfer-encoding", "").lower() == "chunked":
-            return None
-        return [b""]
-
-    async def next_chunk(self) -> bytes:
-        """The next chunk of a chunked body; b"" at its end."""
-        assert self._reader is not None
-        size_line = await self._reader.readuntil(b"\r\n")
-        size = int(size_line.split(b";", 1)[0], 16)
-        data = await self._reader.readexactly(size + 2)
-        if size == 0:
+            return await self._reader.readexactly(int(headers["content-length"]))
+        if headers.get("transfer-encoding", "").lower() != "chunked":
             return b""
-        return data[:-2]
+        parts: list[bytes] = []
+        while True:
+            size_line = await self._reader.readuntil(b"\r\n")
+            size = int(size_line.split(b";", 1)[0], 16)
+            data = await self._reader.readexactly(size + 2)
+            if size == 0:
+                return b"".join(parts)
+            parts.append(data[:-2])
 
     async def request(
         self,
@@ -118,12 +115,7 @@ class HttpConnection:
     ) -> Response:
         await self.send(self.encode(method, path, headers, body))
         status, response_headers = await self.read_head()
-        parts = await self.body_chunks(response_headers)
-        if parts is None:
-            parts = []
-            while chunk := await self.next_chunk():
-                parts.append(chunk)
-        return Response(status, response_headers, b"".join(parts))
+        return Response(status, response_headers, await self.read_body(response_headers))
 
 
 async def _worker(
@@ -146,10 +138,7 @@ async def _worker(
             started = time.perf_counter()
             await connection.send(raw)
             status, headers = await connection.read_head()
-            parts = await connection.body_chunks(headers)
-            if parts is None:
-                while await connection.next_chunk():
-                    pass
+            await connection.read_body(headers)
             latencies.append(time.perf_counter() - started)
             if status >= 400:
                 failures[str(status)] = failures.get(str(status), 0) + 1
