@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from fund.config import Environment, Settings
-from fund.db import alembic_config, commit
+from fund.db import UnitOfWork, alembic_config
 from fund.deps import Resources
 from fund.kit.security import issue_access_token
 from fund.main import create_app
@@ -158,8 +158,8 @@ async def make_account(
     n = next(_names)
     from fund.audit.service import Actor
 
-    async with resources.sessions() as session:
-        service = UserService(session, resources.cache, resources.cursors, cache_ttl=300)
+    async with UnitOfWork(resources.sessions) as work:
+        service = UserService(work, resources.cache, resources.cursors, cache_ttl=300)
         user = await service.create(
             Actor(None, None, "tests", None),
             UserCreate(
@@ -170,7 +170,7 @@ async def make_account(
                 is_active=is_active,
             ),
         )
-        await commit(session)
+        await work.commit()
     token = issue_access_token(resources.token_key, user.id, 30).token
     return Account(user, {"Authorization": f"Bearer {token}"}, password)
 

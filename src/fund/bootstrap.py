@@ -8,11 +8,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from fund.audit.service import Actor
 from fund.config import Settings
-from fund.db import commit, create_engine, create_sessionmaker
+from fund.db import UnitOfWork, create_engine, create_sessionmaker
 from fund.errors import FundError
 from fund.kit.cache import Cache
 from fund.kit.pagination import CursorCodec
@@ -46,40 +45,40 @@ async def create_user(
     except ValidationError as exc:
         reasons = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise CreateUserFailed(reasons) from exc
-    async with _user_service(settings) as (service, session):
+    async with _user_service(settings) as (service, work):
         try:
             user = await service.create(_cli_actor(), data)
         except FundError as exc:
             raise CreateUserFailed(exc.detail) from exc
-        await commit(session)
+        await work.commit()
         return user.id
 
 
 async def create_first_admin(settings: Settings) -> tuple[str, str] | None:
     """An empty development database gets one ADMIN with a random password, printed once."""
-    async with _user_service(settings) as (service, session):
+    async with _user_service(settings) as (service, work):
         created = await service.create_first_admin(_cli_actor(), FIRST_ADMIN_EMAIL)
-        await commit(session)
+        await work.commit()
     if created is None:
         return None
     return created[0].email, created[1]
 
 
 @asynccontextmanager
-async def _user_service(settings: Settings) -> AsyncIterator[tuple[UserService, AsyncSession]]:
+async def _user_service(settings: Settings) -> AsyncIterator[tuple[UserService, UnitOfWork]]:
     """A one-off unit of work outside HTTP; no cache to invalidate (nothing cached a new user)."""
     assert settings.database_url is not None
     engine = create_engine(settings.database_url, settings)
     try:
-        async with create_sessionmaker(engine)() as session:
+        async with UnitOfWork(create_sessionmaker(engine)) as work:
             yield (
                 UserService(
-                    session,
+                    work,
                     Cache(None),
                     CursorCodec(derive_key(settings.secret(), "cursor")),
                     cache_ttl=settings.cache_user_ttl,
                 ),
-                session,
+                work,
             )
     finally:
         await engine.dispose()

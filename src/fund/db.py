@@ -1,4 +1,4 @@
-"""Engine, sessions and migrations. ``request_session`` is the one place that commits."""
+"""Engine, units of work and migrations. ``unit_of_work`` is the one place that commits."""
 
 from __future__ import annotations
 
@@ -80,30 +80,76 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
-def after_commit(session: AsyncSession, callback: AfterCommit) -> None:
-    """Run ``callback`` once the request's transaction has committed (cache invalidation)."""
-    session.info.setdefault("after_commit", []).append(callback)
+class UnitOfWork:
+    """One request's (or one command's) database work, committed at one point.
+
+    Its ``AsyncSession`` is made on first use. Most reads never need one: they run on
+    the driver (``driver_fetch``) or come from the cache, and making and closing an
+    unused session cost a worker 0.14 ms of CPU a request (measured: more than the
+    caller's Redis read and token check together).
+    """
+
+    __slots__ = ("_after_commit", "_session", "_sessions")
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+        self._session: AsyncSession | None = None
+        self._after_commit: list[AfterCommit] = []
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine the sessions are bound to, for reads outside a transaction."""
+        bind = self._sessions.kw["bind"]
+        if not isinstance(bind, AsyncEngine):
+            raise TypeError("reads outside a transaction need sessions bound to an engine")
+        return bind
+
+    @property
+    def session(self) -> AsyncSession:
+        if self._session is None:
+            self._session = self._sessions()
+        return self._session
+
+    def in_transaction(self) -> bool:
+        return self._session is not None and self._session.in_transaction()
+
+    def after_commit(self, callback: AfterCommit) -> None:
+        """Run ``callback`` once the transaction has committed (cache invalidation)."""
+        self._after_commit.append(callback)
+
+    async def commit(self) -> None:
+        """Commit, then run what waited for the commit."""
+        callbacks, self._after_commit = self._after_commit, []
+        if self._session is not None and self._session.in_transaction():
+            await self._session.commit()
+        for callback in callbacks:
+            await callback()
+
+    async def rollback(self) -> None:
+        """Undo the transaction; what waited for a commit will not run."""
+        self._after_commit = []
+        if self._session is not None:
+            await self._session.rollback()
+
+    async def __aenter__(self) -> UnitOfWork:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        """Close the session, if one was made (rolling back what was not committed)."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
 
-async def commit(session: AsyncSession) -> None:
-    """Commit the unit of work, then run what waited for the commit."""
-    callbacks: list[AfterCommit] = session.info.pop("after_commit", [])
-    if session.in_transaction():
-        await session.commit()
-    for callback in callbacks:
-        await callback()
-
-
-async def request_session(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    """One session per request, committed exactly once when the endpoint returns."""
-    async with factory() as session:
+async def unit_of_work(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[UnitOfWork]:
+    """One unit of work per request, committed exactly once when the endpoint returns."""
+    async with UnitOfWork(sessions) as work:
         try:
-            yield session
+            yield work
         except BaseException:
-            session.info.pop("after_commit", None)
-            await session.rollback()
+            await work.rollback()
             raise
-        await commit(session)
+        await work.commit()
 
 
 class DriverQuery:
@@ -135,7 +181,7 @@ _ASYNCPG = asyncpg_dialect()  # type: ignore[no-untyped-call]
 
 
 async def driver_fetch(
-    session: AsyncSession,
+    work: UnitOfWork,
     query: DriverQuery,
     values: Mapping[str, Any],
     *,
@@ -152,18 +198,16 @@ async def driver_fetch(
     the settings and the statement like any other: counted, and can be captured.
     """
     args = query.args(values)
-    if session.in_transaction():
+    if work.in_transaction():
         # The session's connection: on a failure, its rollback deals with it as with any.
-        connection = await session.connection()
+        connection = await work.session.connection()
         driver = await _driver(connection)
         if settings is not None:
             _heard(connection, settings, [])
             await driver.execute(settings)
         _heard(connection, query.sql, args)
         return [dict(row) for row in await driver.fetch(query.sql, *args)]
-    engine = session.bind
-    assert isinstance(engine, AsyncEngine)
-    async with engine.connect() as connection:
+    async with work.engine.connect() as connection:
         driver = await _driver(connection)
         try:
             if settings is not None:
@@ -185,18 +229,16 @@ async def driver_fetch(
         return [dict(row) for row in rows]
 
 
-async def driver_estimate(
-    session: AsyncSession, query: DriverQuery, values: Mapping[str, Any]
-) -> float:
+async def driver_estimate(work: UnitOfWork, query: DriverQuery, values: Mapping[str, Any]) -> float:
     """The rows PostgreSQL expects ``query`` to return, from its plan (``EXPLAIN``, not run).
 
     In the session's transaction, which must have begun (its planner settings apply).
     """
-    if not session.in_transaction():
+    if not work.in_transaction():
         raise RuntimeError("driver_estimate needs the session's transaction to have begun")
     args = query.args(values)
     explain = "EXPLAIN (FORMAT JSON) " + query.sql
-    connection = await session.connection()
+    connection = await work.session.connection()
     _heard(connection, explain, args)
     document = await (await _driver(connection)).fetchval(explain, *args)
     # The dialect decodes json columns on its connections; a plain asyncpg one would not.
@@ -205,7 +247,7 @@ async def driver_estimate(
 
 
 async def driver_batches(
-    session: AsyncSession, query: DriverQuery, values: Mapping[str, Any], *, size: int
+    work: UnitOfWork, query: DriverQuery, values: Mapping[str, Any], *, size: int
 ) -> AsyncGenerator[Sequence[Any], None]:
     """Rows of ``query`` (asyncpg records) in batches of ``size`` from a server-side cursor.
 
@@ -216,10 +258,10 @@ async def driver_batches(
     time, py-spy). A reader that stops early, or is cancelled, waits for the fetch in
     flight (one batch), so the connection is clean for the session's rollback.
     """
-    if not session.in_transaction():
+    if not work.in_transaction():
         raise RuntimeError("driver_batches needs the session's transaction to have begun")
     args = query.args(values)
-    connection = await session.connection()
+    connection = await work.session.connection()
     _heard(connection, query.sql, args)
     cursor = await (await _driver(connection)).cursor(query.sql, *args)
     pending = asyncio.ensure_future(cursor.fetch(size))

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from fund.audit.service import Actor, AuditService
 from fund.auth.throttle import LoginThrottle
 from fund.config import Settings
-from fund.db import request_session
+from fund.db import UnitOfWork, unit_of_work
 from fund.kit.cache import Cache
 from fund.kit.pagination import CursorCodec
 from fund.kit.request_context import client_ip, request_id
@@ -47,28 +47,28 @@ async def get_resources(request: Request) -> Resources:
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
 
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    async for session in request_session(resources_of(request).sessions):
-        yield session
+async def get_work(request: Request) -> AsyncIterator[UnitOfWork]:
+    async for work in unit_of_work(resources_of(request).sessions):
+        yield work
 
 
 # scope="function": the commit happens when the endpoint returns, before the response is sent,
 # so a client that got its answer can read its own write.
-SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+WorkDep = Annotated[UnitOfWork, Depends(get_work, scope="function")]
 
 
-async def get_user_service(request: Request, session: SessionDep) -> UserService:
+async def get_user_service(request: Request, work: WorkDep) -> UserService:
     resources = resources_of(request)
     return UserService(
-        session,
+        work,
         resources.cache,
         resources.cursors,
         cache_ttl=resources.settings.cache_user_ttl,
     )
 
 
-async def get_audit_service(request: Request, session: SessionDep) -> AuditService:
-    return AuditService(session, resources_of(request).cursors)
+async def get_audit_service(request: Request, work: WorkDep) -> AuditService:
+    return AuditService(work, resources_of(request).cursors)
 
 
 UserServiceDep = Annotated[UserService, Depends(get_user_service)]

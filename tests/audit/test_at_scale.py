@@ -22,11 +22,17 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import event, func, select, text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from fund.audit.repository import EXPORT_BATCH, AuditRepository
 from fund.audit.schemas import Action, AuditFilters, ExportFormat, ResourceType
 from fund.config import Environment, Settings
+from fund.db import UnitOfWork
 from fund.deps import Resources
 from fund.kit.pagination import Direction, Position
 from fund.main import create_app
@@ -160,9 +166,10 @@ def refusals(plan: dict[str, Any]) -> list[str]:
     return found
 
 
-async def deep_position(session: AsyncSession, filters: AuditFilters) -> Position:
+async def deep_position(work: UnitOfWork, filters: AuditFilters) -> Position:
     """The entry 90% of the way down this filter's match set (or mid-year when none match)."""
-    repository = AuditRepository(session)
+    session = work.session
+    repository = AuditRepository(work)
     query = repository._filtered(filters).subquery()
     total = await session.scalar(select(func.count()).select_from(query))
     if not total:
@@ -183,10 +190,11 @@ async def test_every_filter_combination_pages_from_an_index_at_any_depth(
 ) -> None:
     bad: list[str] = []
     checked = 0
-    async with AsyncSession(engine) as session:
-        repository = AuditRepository(session)
+    async with UnitOfWork(async_sessionmaker(engine)) as work:
+        session = work.session
+        repository = AuditRepository(work)
         for filters in every_combination():
-            deep = await deep_position(session, filters)
+            deep = await deep_position(work, filters)
             positions = [None, deep, Position(deep.key, deep.id, Direction.PREV)]
             for position in positions:
                 with statements_sent(engine) as sent:
@@ -211,8 +219,9 @@ async def test_every_filter_combination_exports_from_an_index(engine: AsyncEngin
     bad: list[str] = []
     for export_format in ExportFormat:
         for filters in every_combination():
-            async with AsyncSession(engine) as session:
-                repository = AuditRepository(session)
+            async with UnitOfWork(async_sessionmaker(engine)) as work:
+                session = work.session
+                repository = AuditRepository(work)
                 with statements_sent(engine) as sent:
                     stream = repository.stream_lines(filters, export_format, batch=1)
                     async for _ in stream:

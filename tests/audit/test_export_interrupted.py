@@ -14,6 +14,7 @@ from sqlalchemy import text
 
 from fund.audit.repository import AuditRepository
 from fund.audit.schemas import AuditFilters, ExportFormat
+from fund.db import UnitOfWork
 from fund.deps import Resources
 
 ALL = AuditFilters(include_deleted=True)
@@ -35,8 +36,9 @@ async def test_a_reader_that_stops_early_leaves_the_session_usable(
     resources: Resources,
 ) -> None:
     await fill(resources, 5_000)
-    async with resources.sessions() as session:
-        stream = AuditRepository(session).stream_lines(ALL, ExportFormat.JSONL, batch=100)
+    async with UnitOfWork(resources.sessions) as work:
+        session = work.session
+        stream = AuditRepository(work).stream_lines(ALL, ExportFormat.JSONL, batch=100)
         first = await anext(stream)
         assert len(first) == 100
         await stream.aclose()  # a fetch of the next 100 was in flight
@@ -46,13 +48,14 @@ async def test_a_reader_that_stops_early_leaves_the_session_usable(
 
 async def test_a_cancelled_export_leaves_the_session_usable(resources: Resources) -> None:
     await fill(resources, 50_000)
-    async with resources.sessions() as session:
+    async with UnitOfWork(resources.sessions) as work:
+        session = work.session
         started = asyncio.Event()
 
         async def read_all() -> int:  # as the export endpoint reads
             count = 0
             async with aclosing(
-                AuditRepository(session).stream_lines(ALL, ExportFormat.JSONL, batch=500)
+                AuditRepository(work).stream_lines(ALL, ExportFormat.JSONL, batch=500)
             ) as rows:
                 async for batch in rows:
                     count += len(batch)

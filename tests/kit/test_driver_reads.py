@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from sqlalchemy import Integer, bindparam, literal_column, select
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
-from fund.db import DriverQuery, driver_fetch
+from fund.db import DriverQuery, UnitOfWork, driver_fetch
 
 PID = DriverQuery(select(literal_column("pg_backend_pid()").label("pid")))
 DIVIDE = DriverQuery(select((literal_column("6") / bindparam("by", type_=Integer)).label("q")))
@@ -22,16 +22,15 @@ DIVIDE = DriverQuery(select((literal_column("6") / bindparam("by", type_=Integer
 
 async def test_a_failed_statement_retires_its_connection(database_url: str) -> None:
     engine = create_async_engine(database_url, pool_size=1, max_overflow=0)
-    sessions = async_sessionmaker(engine)
     try:
-        async with sessions() as session:
-            before = (await driver_fetch(session, PID, {}))[0]["pid"]
-            again = (await driver_fetch(session, PID, {}))[0]["pid"]
+        async with UnitOfWork(async_sessionmaker(engine)) as work:
+            before = (await driver_fetch(work, PID, {}))[0]["pid"]
+            again = (await driver_fetch(work, PID, {}))[0]["pid"]
             assert again == before  # outside a transaction, the pooled connection is reused
-            assert (await driver_fetch(session, DIVIDE, {"by": 2}))[0]["q"] == 3
+            assert (await driver_fetch(work, DIVIDE, {"by": 2}))[0]["q"] == 3
             with pytest.raises(asyncpg.DivisionByZeroError):
-                await driver_fetch(session, DIVIDE, {"by": 0})
-            after = (await driver_fetch(session, PID, {}))[0]["pid"]
+                await driver_fetch(work, DIVIDE, {"by": 0})
+            after = (await driver_fetch(work, PID, {}))[0]["pid"]
         assert after != before
     finally:
         await engine.dispose()
@@ -51,18 +50,17 @@ async def test_settings_apply_to_the_statement_only_and_leave_the_connection_cle
     database_url: str,
 ) -> None:
     engine = create_async_engine(database_url, pool_size=1, max_overflow=0)
-    sessions = async_sessionmaker(engine)
     try:
-        async with sessions() as session:
-            with_settings = await driver_fetch(session, SORT, {"by": 2}, settings=SORT_OFF)
+        async with UnitOfWork(async_sessionmaker(engine)) as work:
+            with_settings = await driver_fetch(work, SORT, {"by": 2}, settings=SORT_OFF)
             assert with_settings[0]["sort"] == "off"
             # Its transaction ended: the same pooled connection is back to the defaults.
-            plain = await driver_fetch(session, SORT, {"by": 2})
+            plain = await driver_fetch(work, SORT, {"by": 2})
             assert plain[0] == {**with_settings[0], "sort": "on"}
             # A statement that fails inside that transaction retires the connection.
             with pytest.raises(asyncpg.DivisionByZeroError):
-                await driver_fetch(session, SORT, {"by": 0}, settings=SORT_OFF)
-            after = await driver_fetch(session, SORT, {"by": 2})
+                await driver_fetch(work, SORT, {"by": 0}, settings=SORT_OFF)
+            after = await driver_fetch(work, SORT, {"by": 2})
             assert after[0]["sort"] == "on"
             assert after[0]["pid"] != plain[0]["pid"]
     finally:
@@ -74,11 +72,12 @@ async def test_inside_a_transaction_it_reads_on_the_sessions_connection(
 ) -> None:
     engine = create_async_engine(database_url, pool_size=2)
     try:
-        async with async_sessionmaker(engine)() as session, session.begin():
+        async with UnitOfWork(async_sessionmaker(engine)) as work, work.session.begin():
+            session = work.session
             mine = (await session.connection()).sync_connection
             assert mine is not None
             own_pid = (await session.execute(select(literal_column("pg_backend_pid()")))).scalar()
-            assert (await driver_fetch(session, PID, {}))[0]["pid"] == own_pid
+            assert (await driver_fetch(work, PID, {}))[0]["pid"] == own_pid
     finally:
         await engine.dispose()
 

@@ -13,8 +13,14 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    async_sessionmaker,
+    create_async_engine,
+)
 
+from fund.db import UnitOfWork
 from fund.kit.pagination import Direction, Position
 from fund.models import Role
 from fund.users.repository import UserFilters, UserRepository
@@ -78,14 +84,14 @@ async def loaded(postgres: PostgresServer, template_database: str) -> AsyncItera
 
 async def explain(engine: AsyncEngine, filters: UserFilters, position: Position | None) -> Any:
     """The plan of what ``UserRepository.page_rows`` sends (``GET /users``), with row counts."""
-    async with AsyncSession(engine) as session:
-        sent = await page_statements(session, engine, filters, position)
+    async with UnitOfWork(async_sessionmaker(engine)) as work:
+        sent = await page_statements(work, engine, filters, position)
     async with engine.connect() as conn, conn.begin():
         return await explain_sent(conn, sent)
 
 
 async def page_statements(
-    session: AsyncSession,
+    work: UnitOfWork,
     engine: AsyncEngine | AsyncConnection,
     filters: UserFilters,
     position: Position | None,
@@ -98,7 +104,7 @@ async def page_statements(
 
     event.listen(engine.sync_engine, "before_cursor_execute", capture)
     try:
-        page = await UserRepository(session).page_rows(
+        page = await UserRepository(work).page_rows(
             filters, limit=LIMIT, position=position, encode=lambda _: "cursor"
         )
     finally:
@@ -253,8 +259,9 @@ async def test_a_search_whose_matches_are_all_old_sorts_them_rather_than_walk_to
         ).one()
         plans = []
         for position in (None, Position(middle[0], middle[1], Direction.NEXT)):
-            async with AsyncSession(bind=conn, join_transaction_mode="create_savepoint") as s:
-                sent = await page_statements(s, conn, UserFilters(q="clustered"), position)
+            savepoints = async_sessionmaker(bind=conn, join_transaction_mode="create_savepoint")
+            async with UnitOfWork(savepoints) as work:  # a search reads in a transaction
+                sent = await page_statements(work, conn, UserFilters(q="clustered"), position)
             async with conn.begin_nested():
                 plans.append(await explain_sent(conn, sent))
         await conn.rollback()
@@ -271,8 +278,8 @@ async def test_the_two_ways_of_reading_a_search_are_two_statements(loaded: Loade
     # A cached generic plan would otherwise outlive the planner settings it was made under.
     pages = {}
     for term in (RARE, "@plans."):
-        async with AsyncSession(loaded.engine) as session:
-            sent = await page_statements(session, loaded.engine, UserFilters(q=term), None)
+        async with UnitOfWork(async_sessionmaker(loaded.engine)) as work:
+            sent = await page_statements(work, loaded.engine, UserFilters(q=term), None)
         pages[term] = page_read(sent)[0]
     assert "/* q: sort */" in pages[RARE]
     assert "/* q: walk */" in pages["@plans."]

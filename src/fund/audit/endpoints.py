@@ -13,6 +13,7 @@ from fund.audit import export
 from fund.audit.schemas import AuditFilters, AuditLogRead, ExportFormat
 from fund.audit.service import AuditService
 from fund.auth.dependencies import ActorDep, AdminUser
+from fund.db import UnitOfWork
 from fund.deps import AuditServiceDep, ResourcesDep
 from fund.kit.params import Cursor, Limit, PathId
 from fund.kit.schemas import PageJSON, PageOut
@@ -44,13 +45,13 @@ async def export_audit_logs(
     """Every matching entry in page order, streamed in constant memory."""
 
     async def body() -> AsyncIterator[bytes]:
-        # Its own session: the stream outlives the request's unit of work.
-        async with resources.sessions() as session:
+        # Its own unit of work: the stream outlives the request's.
+        async with UnitOfWork(resources.sessions) as work:
             if format is ExportFormat.CSV:
                 yield export.csv_header()
             # aclosing: a client that leaves cancels this stream; the rows' generator must be
             # closed then and there (not when collected), before the session rolls back.
-            batches = AuditService(session, resources.cursors).export(filters, format)
+            batches = AuditService(work, resources.cursors).export(filters, format)
             async with aclosing(batches):
                 async for lines in batches:
                     yield export.joined(lines, format)

@@ -30,7 +30,7 @@ from sqlalchemy.orm import aliased
 from sqlalchemy.sql import FromClause
 
 from fund.audit.schemas import AuditFilters, ExportFormat
-from fund.db import DriverQuery, driver_batches
+from fund.db import DriverQuery, UnitOfWork, driver_batches
 from fund.kit.pagination import (
     Keyset,
     Page,
@@ -181,8 +181,13 @@ _PLAIN_CELLS = frozenset({"id", "timestamp", "user_id", "ip_address", "is_delete
 
 
 class AuditRepository:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
+    def __init__(self, work: UnitOfWork) -> None:
+        self.work = work
+
+    @property
+    def session(self) -> AsyncSession:
+        """The unit of work's session, made on first use."""
+        return self.work.session
 
     async def add(self, entry: AuditLog) -> AuditLog:
         self.session.add(entry)
@@ -237,7 +242,7 @@ class AuditRepository:
         """
         values = _values(filters)
         page = await driver_keyset_page(
-            self.session,
+            self.work,
             lambda: select(*_shown_columns()).where(
                 *_conditions(values, include_deleted=filters.include_deleted)
             ),
@@ -268,7 +273,7 @@ class AuditRepository:
         query = _export_query(export_format, filters.include_deleted, tuple(values))
         # Closed as soon as this generator is, even when cancelled: the fetch in flight must
         # end before the session rolls back.
-        async with aclosing(driver_batches(self.session, query, values, size=batch)) as batches:
+        async with aclosing(driver_batches(self.work, query, values, size=batch)) as batches:
             async for rows in batches:
                 yield [row[0] for row in rows]
 

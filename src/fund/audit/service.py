@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from ipaddress import ip_address
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from fund.audit.repository import AuditRepository
 from fund.audit.schemas import Action, AuditFilters, ExportFormat, ResourceType
+from fund.db import UnitOfWork
 from fund.errors import BadCursor, NotFound
 from fund.kit.pagination import CursorCodec, InvalidCursor, Page, page_scope
 from fund.models import AuditLog
@@ -39,8 +38,8 @@ def _valid_ip(value: str | None) -> str | None:
 
 
 class AuditService:
-    def __init__(self, session: AsyncSession, cursors: CursorCodec) -> None:
-        self.repository = AuditRepository(session)
+    def __init__(self, work: UnitOfWork, cursors: CursorCodec) -> None:
+        self.repository = AuditRepository(work)
         self.cursors = cursors
 
     async def record(

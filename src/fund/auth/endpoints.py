@@ -10,7 +10,7 @@ from fastapi.security import OAuth2PasswordRequestForm
 
 from fund.auth.schemas import TokenOut
 from fund.auth.service import AuthService
-from fund.deps import AnonymousActorDep, ResourcesDep, SessionDep
+from fund.deps import AnonymousActorDep, ResourcesDep, WorkDep
 from fund.errors import error_response
 
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -27,11 +27,11 @@ router = APIRouter(prefix="/auth", tags=["auth"])
 async def issue_token(
     form: Annotated[OAuth2PasswordRequestForm, Depends()],
     actor: AnonymousActorDep,
-    session: SessionDep,
+    work: WorkDep,
     resources: ResourcesDep,
 ) -> TokenOut | JSONResponse:
     service = AuthService(
-        session,
+        work,
         resources.throttle,
         resources.cursors,
         token_key=resources.token_key,

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from fund.audit.schemas import Action, ResourceType
 from fund.audit.service import Actor, AuditService
 from fund.auth.throttle import LoginThrottle
+from fund.db import UnitOfWork
 from fund.errors import InvalidCredentials, NotAuthenticated, NotFound, TooManyAttempts
 from fund.kit.pagination import CursorCodec
 from fund.kit.security import (
@@ -36,15 +35,15 @@ class LoginOutcome:
 class AuthService:
     def __init__(
         self,
-        session: AsyncSession,
+        work: UnitOfWork,
         throttle: LoginThrottle,
         cursors: CursorCodec,
         *,
         token_key: bytes,
         token_minutes: int,
     ) -> None:
-        self.users = UserRepository(session)
-        self.audit = AuditService(session, cursors)
+        self.users = UserRepository(work)
+        self.audit = AuditService(work, cursors)
         self.throttle = throttle
         self.token_key = token_key
         self.token_minutes = token_minutes

@@ -18,10 +18,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from fund.audit.repository import AuditRepository
 from fund.audit.schemas import Action, AuditFilters, ResourceType
+from fund.db import UnitOfWork, create_sessionmaker
 from fund.kit.pagination import Direction, Position
 from fund.models import Role
 from fund.users.repository import UserFilters, UserRepository
@@ -30,7 +31,7 @@ PAGE = 20
 DEPTHS = (0, 10_000, 100_000, 500_000, 900_000)
 DEEP = 900_000
 Statement = tuple[str, tuple[Any, ...]]
-RunPage = Callable[[AsyncSession, Position | None], Awaitable[object]]
+RunPage = Callable[[UnitOfWork, Position | None], Awaitable[object]]
 
 
 @dataclass(frozen=True)
@@ -104,8 +105,8 @@ class PageQuery:
 async def capture(engine: AsyncEngine, run: RunPage, position: Position | None) -> PageQuery:
     """The statements a repository page sends; the last one reads the page."""
     with recorded_statements(engine) as seen:
-        async with AsyncSession(engine) as session:
-            await run(session, position)
+        async with UnitOfWork(create_sessionmaker(engine)) as work:
+            await run(work, position)
     if not seen:
         raise RuntimeError("the page sent no statement")
     return PageQuery(tuple(seen[:-1]), seen[-1])
@@ -216,9 +217,9 @@ async def position_at(
 
 
 def users_page(filters: UserFilters) -> RunPage:
-    async def run(session: AsyncSession, position: Position | None) -> object:
+    async def run(work: UnitOfWork, position: Position | None) -> object:
         # The statement GET /users sends (the ORM path of include=audit_logs has the same SQL).
-        return await UserRepository(session).page_rows(
+        return await UserRepository(work).page_rows(
             filters, limit=PAGE, position=position, encode=_noop_encode
         )
 
@@ -226,9 +227,9 @@ def users_page(filters: UserFilters) -> RunPage:
 
 
 def audit_page(filters: AuditFilters) -> RunPage:
-    async def run(session: AsyncSession, position: Position | None) -> object:
+    async def run(work: UnitOfWork, position: Position | None) -> object:
         # The statement GET /audit-logs sends.
-        return await AuditRepository(session).page_rows(
+        return await AuditRepository(work).page_rows(
             filters, limit=PAGE, position=position, encode=_noop_encode
         )
 
@@ -391,7 +392,7 @@ async def depth_scenario(
 
 
 async def _timed(
-    engine: AsyncEngine, run: Callable[[AsyncSession], Awaitable[object]], repeats: int
+    engine: AsyncEngine, run: Callable[[UnitOfWork], Awaitable[object]], repeats: int
 ) -> tuple[float, int]:
     """Median wall time (ms) of ``run`` in a fresh session, and the statements it sent."""
     timings = []
@@ -399,8 +400,8 @@ async def _timed(
     for attempt in range(repeats + 1):
         with recorded_statements(engine) as seen:
             started = time.perf_counter()
-            async with AsyncSession(engine) as session:
-                await run(session)
+            async with UnitOfWork(create_sessionmaker(engine)) as work:
+                await run(work)
             elapsed = time.perf_counter() - started
         if attempt:  # the first run only warms caches and the prepared-statement cache
             timings.append(elapsed * 1000)
@@ -415,21 +416,21 @@ async def n_plus_one_scenario(
     results = []
     for size in page_sizes:
 
-        async def naive(session: AsyncSession, size: int = size) -> None:
-            page = await UserRepository(session).page(
+        async def naive(work: UnitOfWork, size: int = size) -> None:
+            page = await UserRepository(work).page(
                 UserFilters(), limit=size, position=None, encode=_noop_encode
             )
-            audit = AuditRepository(session)
+            audit = AuditRepository(work)
             for user in page.items:  # the N in N+1
                 await audit.page(
                     AuditFilters(user_id=user.id), limit=5, position=None, encode=_noop_encode
                 )
 
-        async def include(session: AsyncSession, size: int = size) -> None:
-            page = await UserRepository(session).page(
+        async def include(work: UnitOfWork, size: int = size) -> None:
+            page = await UserRepository(work).page(
                 UserFilters(), limit=size, position=None, encode=_noop_encode
             )
-            await AuditRepository(session).latest_by_actors([u.id for u in page.items], 5)
+            await AuditRepository(work).latest_by_actors([u.id for u in page.items], 5)
 
         naive_ms, naive_statements = await _timed(engine, naive, repeats)
         include_ms, include_statements = await _timed(engine, include, repeats)

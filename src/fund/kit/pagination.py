@@ -35,7 +35,7 @@ from sqlalchemy import ColumnElement, CompoundSelect, Integer, Select, bindparam
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
-from fund.db import DriverQuery, driver_fetch
+from fund.db import DriverQuery, UnitOfWork, driver_fetch
 
 T = TypeVar("T")
 
@@ -200,7 +200,7 @@ async def keyset_page(
 
 
 async def driver_keyset_page(
-    session: AsyncSession,
+    work: UnitOfWork,
     stmt: Callable[[], Select[Any]],
     keyset: Keyset,
     *,
@@ -224,7 +224,7 @@ async def driver_keyset_page(
         query = DriverQuery(keyset_statement(stmt(), keyset, direction=direction))
         _DRIVER_PAGES[(shape, direction)] = query
     values = keyset_values(limit=limit, position=position) | dict(params)
-    rows = await driver_fetch(session, query, values, settings=settings)
+    rows = await driver_fetch(work, query, values, settings=settings)
     key, row_id = keyset.names
     return page_of_rows(
         rows, limit=limit, position=position, encode=encode, key_of=lambda r: (r[key], r[row_id])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from fund.auth.dependencies import StaffUser
-from fund.deps import ResourcesDep, SessionDep
+from fund.deps import ResourcesDep, WorkDep
 from fund.kit.schemas import CachedJSON
 from fund.stats.schemas import StatsOut
 from fund.stats.service import StatsService
@@ -14,7 +14,7 @@ router = APIRouter(prefix="/stats", tags=["stats"])
 
 
 @router.get("", response_model=StatsOut)
-async def read_stats(_: StaffUser, session: SessionDep, resources: ResourcesDep) -> CachedJSON:
+async def read_stats(_: StaffUser, work: WorkDep, resources: ResourcesDep) -> CachedJSON:
     """Cached up to `FUND_CACHE_STATS_TTL` seconds (`X-Cache: hit|miss`)."""
-    service = StatsService(session, resources.cache, ttl=resources.settings.cache_stats_ttl)
+    service = StatsService(work, resources.cache, ttl=resources.settings.cache_stats_ttl)
     return CachedJSON(await service.get())

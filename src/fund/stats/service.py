@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from fund.audit.repository import AuditRepository
+from fund.db import UnitOfWork
 from fund.kit.cache import Cache, Found
 from fund.stats.schemas import AuditStats, StatsOut, UserStats
 from fund.users.repository import UserRepository
@@ -16,9 +15,9 @@ CACHE_ID = "global"
 
 
 class StatsService:
-    def __init__(self, session: AsyncSession, cache: Cache, *, ttl: int) -> None:
-        self.users = UserRepository(session)
-        self.audit = AuditRepository(session)
+    def __init__(self, work: UnitOfWork, cache: Cache, *, ttl: int) -> None:
+        self.users = UserRepository(work)
+        self.audit = AuditRepository(work)
         self.cache = cache
         self.ttl = ttl
 

@@ -12,7 +12,7 @@ from sqlalchemy import ColumnElement, Select, String, bindparam, func, or_, sele
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
-from fund.db import DriverQuery, driver_estimate, driver_fetch
+from fund.db import DriverQuery, UnitOfWork, driver_estimate, driver_fetch
 from fund.kit.pagination import (
     Keyset,
     Page,
@@ -141,8 +141,13 @@ _BY_ID = DriverQuery(select(*SHOWN).where(User.id == bindparam("user_id")))
 
 
 class UserRepository:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
+    def __init__(self, work: UnitOfWork) -> None:
+        self.work = work
+
+    @property
+    def session(self) -> AsyncSession:
+        """The unit of work's session, made on first use."""
+        return self.work.session
 
     async def get_row(self, user_id: int) -> dict[str, Any] | None:
         """The shown columns of one user, on the driver.
@@ -151,7 +156,7 @@ class UserRepository:
         a pooled connection only for the statement, so a request that then waits (for a
         rebuild another request makes) never sits on a connection that one needs.
         """
-        rows = await driver_fetch(self.session, _BY_ID, {"user_id": user_id})
+        rows = await driver_fetch(self.work, _BY_ID, {"user_id": user_id})
         return rows[0] if rows else None
 
     async def get_for_update(self, user_id: int) -> User | None:
@@ -231,7 +236,7 @@ class UserRepository:
         read = await self._plan_search(filters, values)
         source, keyset = _rows_source(tuple(values), read)
         return await driver_keyset_page(
-            self.session,
+            self.work,
             lambda: source,
             keyset,
             shape=("users", read, *values),
@@ -248,7 +253,7 @@ class UserRepository:
             return None
         if _TRIGRAM.search(filters.q):
             await self.session.execute(text(_SORT_MATCHES))  # begins the transaction
-            if await driver_estimate(self.session, _matches(tuple(values)), values) <= SEARCH_FEW:
+            if await driver_estimate(self.work, _matches(tuple(values)), values) <= SEARCH_FEW:
                 return "sort"
         await self.session.execute(text(_WALK_TIME))  # begins the transaction, if not yet
         return "walk"

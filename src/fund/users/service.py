@@ -6,11 +6,10 @@ import secrets
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from fund.audit.schemas import Action, AuditLogRead, ResourceType
 from fund.audit.service import Actor, AuditService
-from fund.db import after_commit
+from fund.db import UnitOfWork
 from fund.errors import BadCursor, EmailTaken, LastAdmin, NotFound
 from fund.kit.cache import Cache, Found
 from fund.kit.pagination import CursorCodec, InvalidCursor, Page, Position, page_scope
@@ -33,15 +32,15 @@ RECENT_AUDIT_LOGS = 5
 class UserService:
     def __init__(
         self,
-        session: AsyncSession,
+        work: UnitOfWork,
         cache: Cache,
         cursors: CursorCodec,
         *,
         cache_ttl: int,
     ) -> None:
-        self.session = session
-        self.repository = UserRepository(session)
-        self.audit = AuditService(session, cursors)
+        self.work = work
+        self.repository = UserRepository(work)
+        self.audit = AuditService(work, cursors)
         self.cache = cache
         self.cursors = cursors
         self.cache_ttl = cache_ttl
@@ -222,7 +221,7 @@ class UserService:
         async def invalidate() -> None:
             await self.cache.invalidate(CACHE_KIND, user_id)
 
-        after_commit(self.session, invalidate)
+        self.work.after_commit(invalidate)
 
 
 def _plain(value: object) -> object:

@@ -1,0 +1,65 @@
+"""``UnitOfWork``: a session only when one is needed; after-commit work only after a commit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+
+from fund.db import UnitOfWork, unit_of_work
+
+
+class CountingSessions(async_sessionmaker[AsyncSession]):
+    made = 0
+
+    def __call__(self, **local_kw: Any) -> AsyncSession:
+        self.made += 1
+        return super().__call__(**local_kw)
+
+
+async def test_a_unit_that_reads_nothing_through_the_session_makes_none(
+    database_url: str,
+) -> None:
+    engine = create_async_engine(database_url)
+    sessions = CountingSessions(engine)
+    try:
+        async for work in unit_of_work(sessions):
+            async with work.engine.connect() as conn:  # as a driver read outside a transaction
+                assert (await conn.execute(text("SELECT 1"))).scalar() == 1
+            assert not work.in_transaction()
+        assert sessions.made == 0
+
+        async for work in unit_of_work(sessions):
+            await work.session.execute(text("SELECT 1"))
+            assert work.session is work.session  # one session for the whole unit
+            assert work.in_transaction()
+        assert sessions.made == 1
+    finally:
+        await engine.dispose()
+
+
+async def test_after_commit_work_runs_after_the_commit_and_never_after_a_rollback(
+    database_url: str,
+) -> None:
+    engine = create_async_engine(database_url)
+    sessions = async_sessionmaker(engine)
+    ran: list[str] = []
+    try:
+        async with UnitOfWork(sessions) as work:
+            await work.session.execute(text("CREATE TEMP TABLE t (n int)"))
+
+            async def seen_committed() -> None:
+                ran.append("after commit: in transaction" if work.in_transaction() else "ok")
+
+            work.after_commit(seen_committed)
+            assert ran == []
+            await work.commit()
+            assert ran == ["ok"]
+
+            work.after_commit(seen_committed)
+            await work.rollback()
+            await work.commit()
+            assert ran == ["ok"]  # the rolled-back unit's callback was dropped
+    finally:
+        await engine.dispose()
