@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import jwt
@@ -195,3 +196,41 @@ async def test_a_role_change_takes_effect_on_the_next_request(
 
     assert demoted.status_code == 200
     assert (await client.get("/api/v1/audit-logs", headers=second_admin.headers)).status_code == 403
+
+
+async def test_an_admin_change_authenticates_the_caller_once(
+    client: httpx.AsyncClient, admin: Account, viewer: Account, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fund.auth import dependencies, service
+
+    calls: list[str | None] = []
+    real = service.authenticate
+
+    async def counted(token: str | None, **kwargs: Any) -> Any:
+        calls.append(token)
+        return await real(token, **kwargs)
+
+    monkeypatch.setattr(dependencies, "authenticate", counted)
+    response = await client.patch(
+        f"/api/v1/users/{viewer.id}", json={"full_name": "Renamed"}, headers=admin.headers
+    )
+    assert response.status_code == 200
+    assert len(calls) == 1  # the role check and the audit actor share one caller
+    refused = await client.patch(
+        f"/api/v1/users/{admin.id}", json={"full_name": "Renamed"}, headers=viewer.headers
+    )
+    assert refused.status_code == 403
+
+
+async def test_openapi_marks_exactly_the_routes_that_need_a_token(
+    client: httpx.AsyncClient,
+) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    assert set(schema["components"]["securitySchemes"]) == {"OAuth2PasswordBearer"}
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            needs_token = path.startswith("/api/v1/") and path != TOKEN_URL
+            expected: list[dict[str, list[str]]] | None = (
+                [{"OAuth2PasswordBearer": []}] if needs_token else None
+            )
+            assert operation.get("security") == expected, (method, path)

@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from fund.audit import export
 from fund.audit.schemas import AuditFilters, AuditLogRead, ExportFormat
 from fund.audit.service import AuditService
-from fund.auth.dependencies import ActorDep, AdminUser
+from fund.auth.dependencies import AdminActor, AdminUser
 from fund.db import UnitOfWork
 from fund.deps import AuditServiceDep, ResourcesDep
 from fund.kit.params import Cursor, Limit, PathId
@@ -70,7 +70,7 @@ async def read_audit_log(entry_id: PathId, _: AdminUser, audit: AuditServiceDep)
 
 @router.delete("/{entry_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def soft_delete_audit_log(
-    entry_id: PathId, _: AdminUser, actor: ActorDep, audit: AuditServiceDep
+    entry_id: PathId, actor: AdminActor, audit: AuditServiceDep
 ) -> None:
     """Soft delete: the entry stays, flagged `is_deleted`; the deletion is audited."""
     await audit.soft_delete(actor, entry_id)

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response, status
 
-from fund.auth.dependencies import ActorDep, AdminUser, CurrentUser, StaffUser
+from fund.auth.dependencies import ActorDep, AdminActor, CurrentUser, StaffUser
 from fund.deps import UserServiceDep
 from fund.errors import Forbidden
 from fund.kit.params import Cursor, Limit, PathId
@@ -44,9 +44,7 @@ async def list_users(
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=UserRead)
-async def create_user(
-    data: UserCreate, _: AdminUser, actor: ActorDep, users: UserServiceDep
-) -> UserRead:
+async def create_user(data: UserCreate, actor: AdminActor, users: UserServiceDep) -> UserRead:
     return await users.create(actor, data)
 
 
@@ -71,14 +69,12 @@ async def read_user(user_id: PathId, caller: CurrentUser, users: UserServiceDep)
 
 @router.patch("/{user_id}", response_model=UserRead)
 async def update_user(
-    user_id: PathId, data: UserUpdate, _: AdminUser, actor: ActorDep, users: UserServiceDep
+    user_id: PathId, data: UserUpdate, actor: AdminActor, users: UserServiceDep
 ) -> UserRead:
     return await users.update(actor, user_id, data)
 
 
 @router.delete("/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def deactivate_user(
-    user_id: PathId, _: AdminUser, actor: ActorDep, users: UserServiceDep
-) -> None:
+async def deactivate_user(user_id: PathId, actor: AdminActor, users: UserServiceDep) -> None:
     """Deactivates the account (`is_active=false`); rows are never removed."""
     await users.deactivate(actor, user_id)
