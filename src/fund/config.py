@@ -54,7 +54,9 @@ class Settings(BaseSettings):
     """Seconds a stopping worker waits for requests in flight before closing them."""
 
     db_pool_size: int = Field(default=20, ge=1)
-    db_max_overflow: int = Field(default=10, ge=0)
+    db_max_overflow: int = Field(default=0, ge=0)
+    """Extra connections beyond ``db_pool_size``; each is closed when it comes back, so a load
+    that keeps needing them opens a PostgreSQL backend every few requests (OPERATIONS.md)."""
     db_pool_timeout: float = Field(default=5.0, gt=0)
     db_connect_timeout: float = Field(default=5.0, gt=0)
     db_statement_timeout_ms: int = Field(default=15_000, ge=0)
