@@ -275,6 +275,80 @@ async def driver_batches(
                 await asyncio.wait([pending])
 
 
+async def driver_copy(
+    work: UnitOfWork,
+    query: DriverQuery,
+    values: Mapping[str, Any],
+    *,
+    settings: str,
+    options: Mapping[str, str],
+    chunk_bytes: int,
+    time_limit: float,
+) -> AsyncGenerator[bytes, None]:
+    """The output of ``COPY (query) TO STDOUT WITH (options)``, in chunks of ``chunk_bytes``.
+
+    One statement on a pooled connection of its own, in a read-only transaction whose
+    ``BEGIN`` travels with ``settings`` (which must also lift ``statement_timeout``: the
+    statement is the whole read). It is one snapshot however long it streams. PostgreSQL
+    sends the rows as COPY data, with no cursor round trips and no row decoding here.
+
+    asyncpg hands COPY data to a callback; a task runs the COPY into a queue of one chunk,
+    so a reader that stops reading stops the COPY (TCP back-pressure to PostgreSQL), and
+    memory holds about two chunks. A reader that leaves early, or a failure, cancels the
+    COPY and retires the connection (the protocol is mid-COPY). ``time_limit`` bounds the
+    whole COPY on the client side too.
+    """
+    args = query.args(values)
+    chunks: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=1)
+    buffer = bytearray()
+
+    async def sink(data: bytes) -> None:
+        buffer.extend(data)
+        if len(buffer) >= chunk_bytes:
+            await chunks.put(bytes(buffer))
+            buffer.clear()
+
+    async with work.engine.connect() as connection:
+        driver = await _driver(connection)
+
+        async def copy() -> None:
+            _heard(connection, settings, [])
+            await driver.execute(f"BEGIN READ ONLY; {settings}")
+            _heard(connection, query.sql, args)
+            await driver.copy_from_query(
+                query.sql, *args, output=sink, timeout=time_limit, **options
+            )
+            await driver.execute("COMMIT")
+            if buffer:
+                await chunks.put(bytes(buffer))
+            await chunks.put(None)
+
+        copying = asyncio.ensure_future(copy())
+        finished = False
+        try:
+            while True:
+                chunk = asyncio.ensure_future(chunks.get())
+                await asyncio.wait((chunk, copying), return_when=asyncio.FIRST_COMPLETED)
+                if not chunk.done():  # the COPY ended first: it failed, or its end is queued
+                    chunk.cancel()
+                    copying.result()  # its error, if any
+                    continue
+                data = chunk.result()
+                if data is None:
+                    break
+                yield data
+            await copying
+            finished = True
+        finally:
+            if not copying.done():
+                copying.cancel()
+                with anyio.CancelScope(shield=True):
+                    await asyncio.wait([copying])
+            if not finished:
+                with anyio.CancelScope(shield=True):
+                    await connection.invalidate()
+
+
 async def _driver(connection: AsyncConnection) -> Any:
     """The asyncpg connection under ``connection``."""
     return (await connection.get_raw_connection()).driver_connection

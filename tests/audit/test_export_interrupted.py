@@ -38,7 +38,7 @@ async def test_a_reader_that_stops_early_leaves_the_session_usable(
     await fill(resources, 5_000)
     async with UnitOfWork(resources.sessions) as work:
         session = work.session
-        stream = AuditRepository(work).stream_lines(ALL, ExportFormat.JSONL, batch=100)
+        stream = AuditRepository(work).stream_lines(ALL, ExportFormat.CSV, batch=100)
         first = await anext(stream)
         assert len(first) == 100
         await stream.aclose()  # a fetch of the next 100 was in flight
@@ -55,7 +55,7 @@ async def test_a_cancelled_export_leaves_the_session_usable(resources: Resources
         async def read_all() -> int:  # as the export endpoint reads
             count = 0
             async with aclosing(
-                AuditRepository(work).stream_lines(ALL, ExportFormat.JSONL, batch=500)
+                AuditRepository(work).stream_lines(ALL, ExportFormat.CSV, batch=500)
             ) as rows:
                 async for batch in rows:
                     count += len(batch)
@@ -70,3 +70,66 @@ async def test_a_cancelled_export_leaves_the_session_usable(resources: Resources
         assert done and task.cancelled()
         await session.rollback()
         assert await session.scalar(text("SELECT 1")) == 1
+
+
+async def copies_running(resources: Resources) -> int:
+    """COPY statements the server is still running for anyone but this query."""
+    async with resources.engine.connect() as conn:
+        count = await conn.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY %'"
+                " AND state <> 'idle' AND pid <> pg_backend_pid()"
+            )
+        )
+    return int(count or 0)
+
+
+async def no_copy_left(resources: Resources) -> bool:
+    # The server notices a closed client at its next write: give it a moment.
+    for _ in range(100):
+        if await copies_running(resources) == 0:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_json_lines_arrive_in_whole_lines_and_a_reader_that_stops_ends_the_copy(
+    resources: Resources,
+) -> None:
+    await fill(resources, 50_000)
+    async with UnitOfWork(resources.sessions) as work:
+        stream = AuditRepository(work).copy_json_lines(ALL, chunk_bytes=4096)
+        first, second = await anext(stream), await anext(stream)
+        assert first.endswith(b"\n") and second.endswith(b"\n")  # chunks end between lines
+        assert 4096 <= len(first) < 4096 + 65536  # plus at most what asyncpg hands over at once
+        assert await copies_running(resources) == 1  # the COPY waits for the reader
+        await stream.aclose()
+    assert await no_copy_left(resources)
+    async with UnitOfWork(resources.sessions) as work:  # the pool hands out working connections
+        chunks = [c async for c in AuditRepository(work).copy_json_lines(ALL)]
+    assert sum(c.count(b"\n") for c in chunks) >= 50_000
+
+
+async def test_a_cancelled_json_lines_export_ends_the_copy(resources: Resources) -> None:
+    await fill(resources, 50_000)
+    started = asyncio.Event()
+
+    async def read_all() -> int:  # as the export endpoint reads
+        async with UnitOfWork(resources.sessions) as work:
+            size = 0
+            async with aclosing(
+                AuditRepository(work).copy_json_lines(ALL, chunk_bytes=4096)
+            ) as chunks:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    started.set()
+                    await asyncio.sleep(0.01)  # a slow client: the COPY is mid-stream
+            return size
+
+    task = asyncio.create_task(read_all())
+    await started.wait()
+    assert await copies_running(resources) == 1
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=30)
+    assert done and task.cancelled()
+    assert await no_copy_left(resources)

@@ -47,14 +47,10 @@ async def export_audit_logs(
     async def body() -> AsyncIterator[bytes]:
         # Its own unit of work: the stream outlives the request's.
         async with UnitOfWork(resources.sessions) as work:
-            if format is ExportFormat.CSV:
-                yield export.csv_header()
-            # aclosing: a client that leaves cancels this stream; the rows' generator must be
-            # closed then and there (not when collected), before the session rolls back.
-            batches = AuditService(work, resources.cursors).export(filters, format)
-            async with aclosing(batches):
-                async for lines in batches:
-                    yield export.joined(lines, format)
+            chunks = AuditService(work, resources.cursors).export(filters, format)
+            async with aclosing(chunks):  # a client that leaves cancels the stream
+                async for chunk in chunks:
+                    yield chunk
 
     return StreamingResponse(
         body(),

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from ipaddress import ip_address
 from typing import Any
 
+from fund.audit import export
 from fund.audit.repository import AuditRepository
 from fund.audit.schemas import Action, AuditFilters, ExportFormat, ResourceType
 from fund.db import UnitOfWork
@@ -93,10 +95,22 @@ class AuditService:
             return  # already deleted: idempotent, nothing new to record
         await self.record(actor, Action.DELETE, ResourceType.AUDIT_LOG, entry_id)
 
-    def export(
+    async def export(
         self, filters: AuditFilters, export_format: ExportFormat
-    ) -> AsyncGenerator[list[str], None]:
-        return self.repository.stream_lines(filters, export_format)
+    ) -> AsyncGenerator[bytes, None]:
+        """The export's body, in chunks: JSON Lines as PostgreSQL copies them out; CSV, its
+        header, then each batch of lines from a cursor."""
+        # aclosing: a reader that leaves closes the rows' generator then and there (not when
+        # collected), so its connection is back, or retired, before this unit of work closes.
+        if export_format is ExportFormat.JSONL:
+            async with aclosing(self.repository.copy_json_lines(filters)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+            return
+        yield export.csv_header()
+        async with aclosing(self.repository.stream_lines(filters, export_format)) as batches:
+            async for lines in batches:
+                yield export.joined(lines, export_format)
 
     async def latest_by_actors(self, user_ids: Sequence[int], per_user: int) -> list[AuditLog]:
         return await self.repository.latest_by_actors(user_ids, per_user)
