@@ -42,6 +42,7 @@ HTTP_ROUTES = (
     "GET /stats (cached)",
 )
 TARGETS = (
+    "seeding",
     "every list query, any depth or filter",
     "GET /users deep page vs page one, 1 worker(s)",
     "GET /audit-logs deep page vs page one, 1 worker(s)",
