@@ -135,12 +135,34 @@ def statements_sent(engine: AsyncEngine) -> Iterator[list[tuple[str, Any]]]:
         event.remove(engine.sync_engine, "before_cursor_execute", record)
 
 
+def sql_literal(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    text_value = value.isoformat() if isinstance(value, datetime) else str(value)
+    return "'" + text_value.replace("'", "''") + "'"
+
+
 async def explain(session: AsyncSession, statement: str, parameters: Any) -> dict[str, Any]:
-    """The plan PostgreSQL makes for ``statement`` with these values, in this transaction."""
+    """The plan PostgreSQL runs ``statement`` with, for these values, in this transaction.
+
+    Prepared, as asyncpg prepares the application's statements: under the transaction's
+    ``plan_cache_mode`` a generic plan shows as the one that runs.
+    """
     connection = await session.connection()
     raw = await connection.get_raw_connection()
     driver: Any = raw.driver_connection
-    document = await driver.fetchval(f"EXPLAIN (FORMAT JSON) {statement}", *parameters)
+    await driver.execute(f"PREPARE fund_explained AS {statement}")
+    try:
+        # EXECUTE takes no protocol parameters: the values go in as literals, each coerced to
+        # its placeholder's type as PREPARE inferred it.
+        arguments = ", ".join(sql_literal(value) for value in parameters)
+        document = await driver.fetchval(
+            f"EXPLAIN (FORMAT JSON) EXECUTE fund_explained{f'({arguments})' if arguments else ''}"
+        )
+    finally:
+        await driver.execute("DEALLOCATE fund_explained")
     # SQLAlchemy's asyncpg dialect installs a json codec on its connections; plain asyncpg has none.
     decoded = json.loads(document) if isinstance(document, str) else document
     plan: dict[str, Any] = decoded[0]["Plan"]
@@ -213,6 +235,47 @@ async def test_every_filter_combination_pages_from_an_index_at_any_depth(
                         bad.append(f"{filters!r} at {position}: {problems}")
     assert checked >= 3 * 128
     assert not bad, "\n".join(bad)
+
+
+async def test_only_pages_without_equality_filters_reuse_one_plan(
+    postgres: PostgresServer, big_database: str
+) -> None:
+    engine = create_async_engine(postgres.url(big_database), pool_size=1, max_overflow=0)
+    sessions = async_sessionmaker(engine)
+    try:
+        async with engine.connect() as conn:
+            middle = (
+                await conn.execute(
+                    select(AuditLog.timestamp, AuditLog.id).where(AuditLog.id == ROWS // 2)
+                )
+            ).one()
+        deep = Position(middle[0], middle[1], Direction.NEXT)
+        for filters in (AuditFilters(), AuditFilters(action=Action.UPDATE)):
+            for position in (None, deep):
+                for _ in range(7):  # past PostgreSQL's five custom plans before it may switch
+                    async with UnitOfWork(sessions) as work:
+                        await AuditRepository(work).page_rows(
+                            filters, limit=20, position=position, encode=str
+                        )
+        async with engine.connect() as conn:  # the one pooled connection that ran them all
+            plans = {
+                row.statement: (row.generic_plans, row.custom_plans)
+                for row in await conn.execute(
+                    text(
+                        "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
+                    )
+                )
+                if "audit_logs.request_id" in row.statement  # the pages' statements
+                and "pg_prepared_statements" not in row.statement
+            }
+    finally:
+        await engine.dispose()
+    assert len(plans) == 4, plans  # two shapes, page one and from a cursor
+    for statement, (generic, custom) in plans.items():
+        if "audit_logs.action = " in statement:
+            assert (generic, custom) == (0, 7), statement  # planned for each value
+        else:
+            assert (generic, custom) == (7, 0), statement  # planned once
 
 
 async def test_every_filter_combination_exports_from_an_index(engine: AsyncEngine) -> None:

@@ -56,6 +56,20 @@ INDEX_ORDER_ONLY = (
     "SELECT set_config('enable_sort', 'off', true), "
     "set_config('enable_incremental_sort', 'off', true)"
 )
+# A page without equality filters (newest first, maybe within since/until) has one right plan
+# whatever the values: the timestamp index, walked from the position. Planned afresh for each
+# page (PostgreSQL keeps custom plans for these statements), it cost 0.04 ms for page one and
+# 0.12 ms for a page from a cursor, whose statement has two halves: more than running it
+# (0.02 / 0.04 ms), and with two workers a cursor page served ~13 % fewer requests than page
+# one. Such pages use the statement's generic plan, made once per connection. JIT stays off:
+# a generic plan prices an unknown LIMIT at a tenth of the table, which would compile it
+# (measured: 28 ms a page instead of 0.05). Pages with equality filters keep custom plans,
+# which see how rare the filtered value is (resource_type=audit_log is 1 % of the entries).
+_PLANNED_ONCE = (
+    f"{INDEX_ORDER_ONLY}, set_config('plan_cache_mode', 'force_generic_plan', true), "
+    "set_config('jit', 'off', true)"
+)
+_RANGE_ONLY = frozenset({"since", "until"})
 _EXPORT_SETTINGS = (
     f"{INDEX_ORDER_ONLY}, set_config('statement_timeout', '{EXPORT_TIME_LIMIT * 1000}', true)"
 )
@@ -265,7 +279,7 @@ class AuditRepository:
             position=position,
             encode=encode,
             params=values,
-            settings=INDEX_ORDER_ONLY,
+            settings=_PLANNED_ONCE if _RANGE_ONLY.issuperset(values) else INDEX_ORDER_ONLY,
         )
         for row in page.items:
             row["details"] = orjson.loads(row["details"])
