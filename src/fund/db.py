@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+import re
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -246,46 +247,17 @@ async def driver_estimate(work: UnitOfWork, query: DriverQuery, values: Mapping[
     return float(plans[0]["Plan"]["Plan Rows"])
 
 
-async def driver_batches(
-    work: UnitOfWork, query: DriverQuery, values: Mapping[str, Any], *, size: int
-) -> AsyncGenerator[Sequence[Any], None]:
-    """Rows of ``query`` (asyncpg records) in batches of ``size`` from a server-side cursor.
-
-    For long reads such as the export: in the session's transaction, which must have
-    begun (a cursor lives in one, and so reads one snapshot throughout). The next batch
-    is fetched while the caller handles this one, so PostgreSQL and the caller work side
-    by side (without it, each waited for the other: the server process idled half the
-    time, py-spy). A reader that stops early, or is cancelled, waits for the fetch in
-    flight (one batch), so the connection is clean for the session's rollback.
-    """
-    if not work.in_transaction():
-        raise RuntimeError("driver_batches needs the session's transaction to have begun")
-    args = query.args(values)
-    connection = await work.session.connection()
-    _heard(connection, query.sql, args)
-    cursor = await (await _driver(connection)).cursor(query.sql, *args)
-    pending = asyncio.ensure_future(cursor.fetch(size))
-    try:
-        while rows := await asyncio.shield(pending):
-            pending = asyncio.ensure_future(cursor.fetch(size))
-            yield rows
-    finally:
-        if not pending.done():
-            with anyio.CancelScope(shield=True):
-                await asyncio.wait([pending])
-
-
 async def driver_copy(
     work: UnitOfWork,
     query: DriverQuery,
     values: Mapping[str, Any],
     *,
     settings: str,
-    options: Mapping[str, str],
     chunk_bytes: int,
     time_limit: float,
 ) -> AsyncGenerator[bytes, None]:
-    """The output of ``COPY (query) TO STDOUT WITH (options)``, in chunks of ``chunk_bytes``.
+    """The output of ``COPY (query) TO STDOUT`` (text format), in chunks of whole rows of
+    about ``chunk_bytes``; ``unescape_copy_text`` turns a chunk back into the values.
 
     One statement on a pooled connection of its own, in a read-only transaction whose
     ``BEGIN`` travels with ``settings`` (which must also lift ``statement_timeout``: the
@@ -305,8 +277,10 @@ async def driver_copy(
     async def sink(data: bytes) -> None:
         buffer.extend(data)
         if len(buffer) >= chunk_bytes:
-            await chunks.put(bytes(buffer))
-            buffer.clear()
+            cut = buffer.rfind(b"\n") + 1  # rows stay whole, and so do their escapes
+            if cut:
+                await chunks.put(bytes(buffer[:cut]))
+                del buffer[:cut]
 
     async with work.engine.connect() as connection:
         driver = await _driver(connection)
@@ -315,9 +289,7 @@ async def driver_copy(
             _heard(connection, settings, [])
             await driver.execute(f"BEGIN READ ONLY; {settings}")
             _heard(connection, query.sql, args)
-            await driver.copy_from_query(
-                query.sql, *args, output=sink, timeout=time_limit, **options
-            )
+            await driver.copy_from_query(query.sql, *args, output=sink, timeout=time_limit)
             await driver.execute("COMMIT")
             if buffer:
                 await chunks.put(bytes(buffer))
@@ -347,6 +319,20 @@ async def driver_copy(
             if not finished:
                 with anyio.CancelScope(shield=True):
                     await connection.invalidate()
+
+
+# COPY's text format writes a backslash before a backslash, the column delimiter (tab) and
+# these control characters as letters; no other escape appears in its output.
+_COPY_ESCAPE = re.compile(rb"\\(.)", re.DOTALL)
+_COPY_LETTERS = {b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t", b"v": b"\v"}
+
+
+def unescape_copy_text(data: bytes) -> bytes:
+    """Whole rows of one text column, as ``driver_copy`` gives them, back to the values
+    (each row still ended by its line feed). Most rows hold no backslash at all."""
+    if b"\\" not in data:
+        return data
+    return _COPY_ESCAPE.sub(lambda m: _COPY_LETTERS.get(m.group(1), m.group(1)), data)
 
 
 async def _driver(connection: AsyncConnection) -> Any:

@@ -67,8 +67,13 @@ async def test_csv_export_equals_walking_the_pages(
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/csv")
         assert 'filename="audit-logs.csv"' in response.headers["content-disposition"]
-        header, *rows = list(csv.reader(io.StringIO(response.text)))
+        header, *rows = list(csv.reader(io.StringIO(response.text, newline="")))
         assert header == FIELDS
+        # Byte for byte what Python's csv module writes: minimal quoting, CRLF record ends,
+        # line breaks inside quoted cells kept as they are.
+        rewritten = io.StringIO(newline="")
+        csv.writer(rewritten).writerows([header, *rows])
+        assert response.text == rewritten.getvalue(), query
         assert len(rows) == len(pages), query
         for row, item in zip(rows, pages, strict=True):
             # details: the object as JSON text (PostgreSQL's own spacing, as in JSON Lines)

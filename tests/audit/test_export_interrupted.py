@@ -1,8 +1,9 @@
-"""An export the reader leaves, or that is cancelled mid-fetch, leaves its connection clean.
+"""An export the reader leaves, or that is cancelled mid-stream, ends its COPY.
 
-The export reads batches on the driver with the next fetch already in flight
-(``fund.db.driver_batches``); SQLAlchemy did not start that fetch, so the stream
-itself must let it end before the session rolls back or runs anything else.
+The export is one ``COPY … TO STDOUT`` on a pooled connection of its own
+(``fund.db.driver_copy``), fed to the reader through a queue of one chunk. A reader
+that goes away must stop the statement on the server and retire the connection, whose
+protocol is mid-COPY, rather than hand it to the next request.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from contextlib import aclosing
 
+import pytest
 from sqlalchemy import text
 
 from fund.audit.repository import AuditRepository
@@ -18,6 +20,7 @@ from fund.db import UnitOfWork
 from fund.deps import Resources
 
 ALL = AuditFilters(include_deleted=True)
+LINE_END = {ExportFormat.JSONL: b"\n", ExportFormat.CSV: b"\r\n"}
 
 
 async def fill(resources: Resources, rows: int) -> None:
@@ -30,46 +33,6 @@ async def fill(resources: Resources, rows: int) -> None:
             ),
             {"rows": rows},
         )
-
-
-async def test_a_reader_that_stops_early_leaves_the_session_usable(
-    resources: Resources,
-) -> None:
-    await fill(resources, 5_000)
-    async with UnitOfWork(resources.sessions) as work:
-        session = work.session
-        stream = AuditRepository(work).stream_lines(ALL, ExportFormat.CSV, batch=100)
-        first = await anext(stream)
-        assert len(first) == 100
-        await stream.aclose()  # a fetch of the next 100 was in flight
-        assert await session.scalar(text("SELECT count(*) FROM audit_logs")) >= 5_000
-        await session.rollback()
-
-
-async def test_a_cancelled_export_leaves_the_session_usable(resources: Resources) -> None:
-    await fill(resources, 50_000)
-    async with UnitOfWork(resources.sessions) as work:
-        session = work.session
-        started = asyncio.Event()
-
-        async def read_all() -> int:  # as the export endpoint reads
-            count = 0
-            async with aclosing(
-                AuditRepository(work).stream_lines(ALL, ExportFormat.CSV, batch=500)
-            ) as rows:
-                async for batch in rows:
-                    count += len(batch)
-                    started.set()
-                    await asyncio.sleep(0)  # the next fetch is in flight when cancelled here
-            return count
-
-        task = asyncio.create_task(read_all())
-        await started.wait()
-        task.cancel()
-        done, _ = await asyncio.wait([task], timeout=30)
-        assert done and task.cancelled()
-        await session.rollback()
-        assert await session.scalar(text("SELECT 1")) == 1
 
 
 async def copies_running(resources: Resources) -> int:
@@ -93,24 +56,28 @@ async def no_copy_left(resources: Resources) -> bool:
     return False
 
 
-async def test_json_lines_arrive_in_whole_lines_and_a_reader_that_stops_ends_the_copy(
-    resources: Resources,
+@pytest.mark.parametrize("export_format", list(ExportFormat))
+async def test_lines_arrive_whole_and_a_reader_that_stops_ends_the_copy(
+    resources: Resources, export_format: ExportFormat
 ) -> None:
     await fill(resources, 50_000)
+    end = LINE_END[export_format]
     async with UnitOfWork(resources.sessions) as work:
-        stream = AuditRepository(work).copy_json_lines(ALL, chunk_bytes=4096)
+        stream = AuditRepository(work).copy_lines(ALL, export_format, chunk_bytes=4096)
         first, second = await anext(stream), await anext(stream)
-        assert first.endswith(b"\n") and second.endswith(b"\n")  # chunks end between lines
-        assert 4096 <= len(first) < 4096 + 65536  # plus at most what asyncpg hands over at once
+        assert first.endswith(end) and second.endswith(end)  # chunks end between lines
+        assert 4096 - 1024 <= len(first) < 4096 + 65536  # about the size asked for
         assert await copies_running(resources) == 1  # the COPY waits for the reader
         await stream.aclose()
     assert await no_copy_left(resources)
     async with UnitOfWork(resources.sessions) as work:  # the pool hands out working connections
-        chunks = [c async for c in AuditRepository(work).copy_json_lines(ALL)]
-    assert sum(c.count(b"\n") for c in chunks) >= 50_000
+        chunks = [c async for c in AuditRepository(work).copy_lines(ALL, export_format)]
+    body = b"".join(chunks)
+    assert body.count(end) >= 50_000
+    assert body.endswith(end)
 
 
-async def test_a_cancelled_json_lines_export_ends_the_copy(resources: Resources) -> None:
+async def test_a_cancelled_export_ends_the_copy(resources: Resources) -> None:
     await fill(resources, 50_000)
     started = asyncio.Event()
 
@@ -118,7 +85,7 @@ async def test_a_cancelled_json_lines_export_ends_the_copy(resources: Resources)
         async with UnitOfWork(resources.sessions) as work:
             size = 0
             async with aclosing(
-                AuditRepository(work).copy_json_lines(ALL, chunk_bytes=4096)
+                AuditRepository(work).copy_lines(ALL, ExportFormat.JSONL, chunk_bytes=4096)
             ) as chunks:
                 async for chunk in chunks:
                     size += len(chunk)

@@ -98,19 +98,14 @@ class AuditService:
     async def export(
         self, filters: AuditFilters, export_format: ExportFormat
     ) -> AsyncGenerator[bytes, None]:
-        """The export's body, in chunks: JSON Lines as PostgreSQL copies them out; CSV, its
-        header, then each batch of lines from a cursor."""
-        # aclosing: a reader that leaves closes the rows' generator then and there (not when
-        # collected), so its connection is back, or retired, before this unit of work closes.
-        if export_format is ExportFormat.JSONL:
-            async with aclosing(self.repository.copy_json_lines(filters)) as chunks:
-                async for chunk in chunks:
-                    yield chunk
-            return
-        yield export.csv_header()
-        async with aclosing(self.repository.stream_lines(filters, export_format)) as batches:
-            async for lines in batches:
-                yield export.joined(lines, export_format)
+        """The export's body, in chunks: a CSV export starts with its header row."""
+        if export_format is ExportFormat.CSV:
+            yield export.csv_header()
+        # aclosing: a reader that leaves closes the lines' generator then and there (not when
+        # collected), so the COPY ends and its connection is retired before this unit closes.
+        async with aclosing(self.repository.copy_lines(filters, export_format)) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     async def latest_by_actors(self, user_ids: Sequence[int], per_user: int) -> list[AuditLog]:
         return await self.repository.latest_by_actors(user_ids, per_user)
