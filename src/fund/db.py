@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -208,26 +209,40 @@ async def driver_fetch(
             await driver.execute(settings)
         _heard(connection, query.sql, args)
         return [dict(row) for row in await driver.fetch(query.sql, *args)]
+    async with _own_connection(work, settings) as (connection, driver):
+        _heard(connection, query.sql, args)
+        rows = await driver.fetch(query.sql, *args)
+    return [dict(row) for row in rows]
+
+
+@asynccontextmanager
+async def _own_connection(
+    work: UnitOfWork, settings: str | None
+) -> AsyncIterator[tuple[AsyncConnection, Any]]:
+    """A pooled connection and its asyncpg driver, for statements run outside the session;
+    with ``settings``, in a read-only transaction of its own whose ``BEGIN`` travels with
+    them (simple-query protocol: several statements, one round trip), committed when the
+    block ends.
+
+    SQLAlchemy does not run these statements, so it cannot know what a failure left behind
+    (a cancelled fetch or COPY leaves the protocol mid-operation, a failed one its
+    transaction open), and it began no transaction to roll back on check-in: on any
+    failure, or a block left early, the connection is retired rather than handed out
+    again. Errors here are rare (values are validated); a reconnect is cheap.
+    """
     async with work.engine.connect() as connection:
         driver = await _driver(connection)
         try:
             if settings is not None:
                 _heard(connection, settings, [])
-                # Simple-query protocol: several statements, one round trip.
                 await driver.execute(f"BEGIN READ ONLY; {settings}")
-            _heard(connection, query.sql, args)
-            rows = await driver.fetch(query.sql, *args)
+            yield connection, driver
             if settings is not None:
                 await driver.execute("COMMIT")
         except BaseException:
-            # SQLAlchemy did not run these statements, so it cannot know what a failure
-            # left behind (a cancelled fetch leaves the protocol mid-operation, a failed
-            # one its transaction open), and it began no transaction to roll back on
-            # check-in: the connection is retired rather than handed out again. Errors
-            # here are rare (values are validated); a reconnect is cheap.
-            await connection.invalidate()
+            with anyio.CancelScope(shield=True):
+                await connection.invalidate()
             raise
-        return [dict(row) for row in rows]
 
 
 async def driver_estimate(work: UnitOfWork, query: DriverQuery, values: Mapping[str, Any]) -> float:
@@ -282,21 +297,16 @@ async def driver_copy(
                 await chunks.put(bytes(buffer[:cut]))
                 del buffer[:cut]
 
-    async with work.engine.connect() as connection:
-        driver = await _driver(connection)
+    async with _own_connection(work, settings) as (connection, driver):
 
         async def copy() -> None:
-            _heard(connection, settings, [])
-            await driver.execute(f"BEGIN READ ONLY; {settings}")
             _heard(connection, query.sql, args)
             await driver.copy_from_query(query.sql, *args, output=sink, timeout=time_limit)
-            await driver.execute("COMMIT")
             if buffer:
                 await chunks.put(bytes(buffer))
             await chunks.put(None)
 
         copying = asyncio.ensure_future(copy())
-        finished = False
         try:
             while True:
                 chunk = asyncio.ensure_future(chunks.get())
@@ -310,15 +320,11 @@ async def driver_copy(
                     break
                 yield data
             await copying
-            finished = True
         finally:
-            if not copying.done():
-                copying.cancel()
+            if not copying.done():  # the reader left, or failed: the COPY ends before the
+                copying.cancel()  # connection is retired
                 with anyio.CancelScope(shield=True):
                     await asyncio.wait([copying])
-            if not finished:
-                with anyio.CancelScope(shield=True):
-                    await connection.invalidate()
 
 
 # COPY's text format writes a backslash before a backslash, the column delimiter (tab) and
