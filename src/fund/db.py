@@ -143,6 +143,18 @@ class UnitOfWork:
             await session.close()
 
 
+class Repository:
+    """Where a table's SQL lives: it reads and writes through a unit of work, whose session
+    is made only if a statement needs one (driver reads outside a transaction do not)."""
+
+    def __init__(self, work: UnitOfWork) -> None:
+        self.work = work
+
+    @property
+    def session(self) -> AsyncSession:
+        return self.work.session
+
+
 async def unit_of_work(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[UnitOfWork]:
     """One unit of work per request, committed exactly once when the endpoint returns."""
     async with UnitOfWork(sessions) as work:

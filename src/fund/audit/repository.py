@@ -25,12 +25,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql import FromClause
 
 from fund.audit.schemas import AuditFilters, ExportFormat
-from fund.db import DriverQuery, UnitOfWork, driver_copy, unescape_copy_text
+from fund.db import DriverQuery, Repository, driver_copy, unescape_copy_text
 from fund.kit.pagination import (
     Keyset,
     Page,
@@ -162,8 +161,8 @@ def _export_query(
 
     Each entry is written as its line by PostgreSQL, beside the scan: JSON Lines by
     ``row_to_json`` over the API's fields (compact, in the API's order, ``details``
-    embedded as stored), CSV as those fields' text cells. The service then passes one
-    text column a row on; decoding eleven columns and encoding them again in Python held
+    embedded as stored), CSV as those fields' text cells. ``copy_lines`` sends that one
+    column as COPY data; decoding eleven columns and encoding them again in Python held
     the export to about 100k rows a second (docs/AUDIT.md).
     """
     table = AuditLog.__table__
@@ -201,15 +200,7 @@ _PLAIN_CELLS = frozenset({"id", "timestamp", "user_id", "ip_address", "is_delete
 """Cells that never hold a comma, a quote or a line break: numbers, times, addresses."""
 
 
-class AuditRepository:
-    def __init__(self, work: UnitOfWork) -> None:
-        self.work = work
-
-    @property
-    def session(self) -> AsyncSession:
-        """The unit of work's session, made on first use."""
-        return self.work.session
-
+class AuditRepository(Repository):
     async def add(self, entry: AuditLog) -> AuditLog:
         self.session.add(entry)
         # Written now, inside the change's transaction: if it cannot be written the change fails.

@@ -9,10 +9,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, Select, String, bindparam, func, or_, select, text
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
-from fund.db import DriverQuery, UnitOfWork, driver_estimate, driver_fetch
+from fund.db import DriverQuery, Repository, driver_estimate, driver_fetch
 from fund.kit.pagination import (
     Keyset,
     Page,
@@ -140,15 +139,7 @@ SHOWN = tuple(c for c in User.__table__.c if c.key != "hashed_password")
 _BY_ID = DriverQuery(select(*SHOWN).where(User.id == bindparam("user_id")))
 
 
-class UserRepository:
-    def __init__(self, work: UnitOfWork) -> None:
-        self.work = work
-
-    @property
-    def session(self) -> AsyncSession:
-        """The unit of work's session, made on first use."""
-        return self.work.session
-
+class UserRepository(Repository):
     async def get_row(self, user_id: int) -> dict[str, Any] | None:
         """The shown columns of one user, on the driver.
 
