@@ -66,7 +66,9 @@ async def test_lines_arrive_whole_and_a_reader_that_stops_ends_the_copy(
         stream = AuditRepository(work).copy_lines(ALL, export_format, chunk_bytes=4096)
         first, second = await anext(stream), await anext(stream)
         assert first.endswith(end) and second.endswith(end)  # chunks end between lines
-        assert 4096 - 1024 <= len(first) < 4096 + 65536  # about the size asked for
+        # At least about the size asked for; past it by at most what asyncpg hands over from
+        # one read of the socket (seen up to 112 KiB when the reader lags PostgreSQL).
+        assert 4096 - 1024 <= len(first) < 4096 + 2**20
         assert await copies_running(resources) == 1  # the COPY waits for the reader
         await stream.aclose()
     assert await no_copy_left(resources)
