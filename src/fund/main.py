@@ -21,11 +21,11 @@ from fund.auth.throttle import LoginThrottle
 from fund.config import Settings, get_settings
 from fund.db import asyncpg_dsn, create_engine, create_sessionmaker
 from fund.deps import Resources
-from fund.errors import FundError, Unavailable, error_response
+from fund.errors import BadCursor, FundError, Unavailable, error_response
 from fund.kit import metrics
 from fund.kit.cache import Cache, InvalidationLog, create_redis
 from fund.kit.logging import configure_logging
-from fund.kit.pagination import CursorCodec
+from fund.kit.pagination import CursorCodec, InvalidCursor
 from fund.kit.request_context import RequestContextMiddleware
 from fund.kit.security import derive_key
 from fund.ops.endpoints import router as ops_router
@@ -112,6 +112,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(FundError)
     async def domain_error(_: Request, error: FundError) -> JSONResponse:
         return error_response(error)
+
+    @app.exception_handler(InvalidCursor)
+    async def bad_cursor(_: Request, __: InvalidCursor) -> JSONResponse:
+        # Raised where a service starts a page from the client's cursor (CursorCodec.start).
+        return error_response(BadCursor())
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:

@@ -62,3 +62,17 @@ def test_the_scope_is_the_route_and_the_filters_that_are_set() -> None:
     assert page_scope("users", {}) != page_scope("audit-logs", {})
     assert page_scope("users", {"is_active": True}) != page_scope("users", {"is_active": False})
     assert page_scope("users", {"q": "ab"}) != page_scope("users", {"q": "abc"})
+
+
+@given(positions)
+def test_a_page_starts_where_its_cursor_points_and_writes_cursors_of_its_own_query(
+    position: Position,
+) -> None:
+    first = CODEC.start("users", {"role": "VIEWER"}, None)
+    assert first.position is None
+    token = first.encode(position)
+    assert CODEC.start("users", {"role": "VIEWER", "q": None}, token).position == position
+    with pytest.raises(InvalidCursor):
+        CODEC.start("users", {"role": "ADMIN"}, token)
+    with pytest.raises(InvalidCursor):
+        CODEC.start("audit-logs", {"role": "VIEWER"}, token)

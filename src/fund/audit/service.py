@@ -12,8 +12,8 @@ from fund.audit import export
 from fund.audit.repository import AuditRepository
 from fund.audit.schemas import Action, AuditFilters, ExportFormat, ResourceType
 from fund.db import UnitOfWork
-from fund.errors import BadCursor, NotFound
-from fund.kit.pagination import CursorCodec, InvalidCursor, Page, page_scope
+from fund.errors import NotFound
+from fund.kit.pagination import CursorCodec, Page
 from fund.models import AuditLog
 
 
@@ -76,16 +76,9 @@ class AuditService:
         self, filters: AuditFilters, *, limit: int, cursor: str | None
     ) -> Page[dict[str, Any]]:
         """A page of entries as rows of exactly the fields ``AuditLogRead`` shows."""
-        scope = page_scope("audit-logs", filters.model_dump(mode="json"))
-        try:
-            position = self.cursors.decode(scope, cursor) if cursor is not None else None
-        except InvalidCursor as exc:
-            raise BadCursor from exc
+        start = self.cursors.start("audit-logs", filters.model_dump(mode="json"), cursor)
         return await self.repository.page_rows(
-            filters,
-            limit=limit,
-            position=position,
-            encode=lambda p: self.cursors.encode(scope, p),
+            filters, limit=limit, position=start.position, encode=start.encode
         )
 
     async def soft_delete(self, actor: Actor, entry_id: int) -> None:

@@ -20,6 +20,7 @@ filters is refused as a whole with one generic error.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -63,6 +64,15 @@ class Position:
     direction: Direction
 
 
+@dataclass(frozen=True, slots=True)
+class PageStart:
+    """A page request's cursor, read: its position (None: the first page) and the
+    encoder of the cursors the answer carries (same route, same filters)."""
+
+    position: Position | None
+    encode: Callable[[Position], str]
+
+
 def page_scope(route: str, filters: Mapping[str, Any]) -> bytes:
     """A digest of the route and its filters: a cursor only fits the query that made it."""
     canonical = json.dumps(
@@ -86,6 +96,13 @@ class CursorCodec:
     def _seal(self, payload: bytes) -> str:
         mac = hmac.new(self._key, payload, hashlib.sha256).digest()[:_MAC_BYTES]
         return base64.urlsafe_b64encode(payload + mac).decode()
+
+    def start(self, route: str, filters: Mapping[str, Any], cursor: str | None) -> PageStart:
+        """Where a page of ``route`` under ``filters`` starts (``InvalidCursor`` if it cannot),
+        and how that query's next cursors are written."""
+        scope = page_scope(route, filters)
+        position = self.decode(scope, cursor) if cursor is not None else None
+        return PageStart(position, functools.partial(self.encode, scope))
 
     def decode(self, scope: bytes, token: str) -> Position:
         # The lenient base64 decoder skips foreign characters; only the one exact spelling passes.

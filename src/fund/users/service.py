@@ -10,9 +10,9 @@ from sqlalchemy.exc import IntegrityError
 from fund.audit.schemas import Action, AuditLogRead, ResourceType
 from fund.audit.service import Actor, AuditService
 from fund.db import UnitOfWork
-from fund.errors import BadCursor, EmailTaken, LastAdmin, NotFound
+from fund.errors import EmailTaken, LastAdmin, NotFound
 from fund.kit.cache import Cache, Found
-from fund.kit.pagination import CursorCodec, InvalidCursor, Page, Position, page_scope
+from fund.kit.pagination import CursorCodec, Page, PageStart
 from fund.kit.schemas import PageOut
 from fund.kit.security import hash_password
 from fund.models import Role, User
@@ -68,18 +68,18 @@ class UserService:
         self, filters: UserFilters, *, limit: int, cursor: str | None
     ) -> Page[dict[str, Any]]:
         """A page of users as rows of exactly the fields ``UserRead`` shows."""
-        scope, position = self._position(filters, cursor)
+        start = self._start(filters, cursor)
         return await self.repository.page_rows(
-            filters, limit=limit, position=position, encode=lambda p: self.cursors.encode(scope, p)
+            filters, limit=limit, position=start.position, encode=start.encode
         )
 
     async def page_with_audit_logs(
         self, filters: UserFilters, *, limit: int, cursor: str | None
     ) -> PageOut[UserWithAuditRead]:
         """The same page, each user with their newest audit entries (one more statement)."""
-        scope, position = self._position(filters, cursor)
+        start = self._start(filters, cursor)
         page: Page[User] = await self.repository.page(
-            filters, limit=limit, position=position, encode=lambda p: self.cursors.encode(scope, p)
+            filters, limit=limit, position=start.position, encode=start.encode
         )
         entries = await self.audit.latest_by_actors([u.id for u in page.items], RECENT_AUDIT_LOGS)
         by_actor: dict[int, list[AuditLogRead]] = {}
@@ -98,16 +98,9 @@ class UserService:
             ],
         )
 
-    def _position(self, filters: UserFilters, cursor: str | None) -> tuple[bytes, Position | None]:
-        """The cursor's scope for these filters, and the position it holds (``BadCursor``)."""
-        scope = page_scope(
-            "users",
-            {"role": filters.role, "is_active": filters.is_active, "q": filters.q},
-        )
-        try:
-            return scope, self.cursors.decode(scope, cursor) if cursor is not None else None
-        except InvalidCursor as exc:
-            raise BadCursor from exc
+    def _start(self, filters: UserFilters, cursor: str | None) -> PageStart:
+        scope = {"role": filters.role, "is_active": filters.is_active, "q": filters.q}
+        return self.cursors.start("users", scope, cursor)
 
     # -- changes -----------------------------------------------------------------
 
