@@ -237,6 +237,34 @@ async def test_every_filter_combination_pages_from_an_index_at_any_depth(
     assert not bad, "\n".join(bad)
 
 
+async def test_the_default_listing_walks_only_the_entries_it_shows(engine: AsyncEngine) -> None:
+    """Without equality filters or ``include_deleted``, a page reads the partial index of the
+    entries not deleted (migration 008): no ``is_deleted`` filter, so no soft-deleted entry
+    is walked and dropped on the way, at page one and from a cursor, in either direction."""
+    read: list[tuple[str | None, str | None]] = []
+    async with UnitOfWork(async_sessionmaker(engine)) as work:
+        session = work.session
+        repository = AuditRepository(work)
+        for filters in (AuditFilters(), AuditFilters(since=VALUES["since"])):
+            deep = await deep_position(work, filters)
+            for position in (None, deep, Position(deep.key, deep.id, Direction.PREV)):
+                with statements_sent(engine) as sent:
+                    await repository.page_rows(filters, limit=20, position=position, encode=str)
+                for statement, _ in sent:
+                    if statement.startswith("SELECT set_config"):
+                        await session.execute(text(statement))
+                for statement, parameters in sent:
+                    if "FROM audit_logs" in statement:
+                        plan = await explain(session, statement, parameters)
+                        read += [
+                            (node.get("Index Name"), node.get("Filter"))
+                            for node in nodes(plan)
+                            if node.get("Relation Name") == "audit_logs"
+                        ]
+    assert len(read) >= 2 * 5  # page one: one read; from a cursor: the page and its probe
+    assert set(read) == {("idx_audit_logs_is_deleted_timestamp", None)}, read
+
+
 async def test_only_pages_without_equality_filters_reuse_one_plan(
     postgres: PostgresServer, big_database: str
 ) -> None:
