@@ -9,15 +9,19 @@ protocol is mid-COPY, rather than hand it to the next request.
 from __future__ import annotations
 
 import asyncio
+import json
 from contextlib import aclosing
 
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import text
+from starlette.types import Message
 
 from fund.audit.repository import AuditRepository
 from fund.audit.schemas import AuditFilters, ExportFormat
 from fund.db import UnitOfWork
 from fund.deps import Resources
+from tests.conftest import Account
 
 ALL = AuditFilters(include_deleted=True)
 LINE_END = {ExportFormat.JSONL: b"\n", ExportFormat.CSV: b"\r\n"}
@@ -102,3 +106,70 @@ async def test_a_cancelled_export_ends_the_copy(resources: Resources) -> None:
     done, _ = await asyncio.wait([task], timeout=30)
     assert done and task.cancelled()
     assert await no_copy_left(resources)
+
+
+async def test_an_export_cut_short_by_the_database_never_looks_complete(
+    capsys: pytest.CaptureFixture[str], app: FastAPI, resources: Resources, admin: Account
+) -> None:
+    """Once the status line is out, a failed COPY cannot become an error answer: the body
+    must end without its last frame (the server then drops the connection), be logged as
+    interrupted, and not as an unhandled error."""
+    await fill(resources, 50_000)
+    token = admin.headers["Authorization"].encode()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/api/v1/audit-logs/export",
+        "raw_path": b"/api/v1/audit-logs/export",
+        "query_string": b"format=csv",
+        "root_path": "",
+        "headers": [
+            (b"host", b"test"),
+            (b"authorization", token),
+            (b"x-request-id", b"export-cut-1"),
+        ],
+        "client": ("203.0.113.9", 40000),
+        "server": ("test", 80),
+    }
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        await asyncio.Event().wait()  # the client sends nothing more, and stays
+        raise AssertionError
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+        bodies = [m for m in sent if m["type"] == "http.response.body"]
+        if len(bodies) == 1:  # mid-stream: an operator cancels the statement
+            async with resources.engine.connect() as conn:
+                cancelled = await conn.scalar(
+                    text(
+                        "SELECT count(*) FILTER (WHERE pg_cancel_backend(pid))"
+                        " FROM pg_stat_activity WHERE query LIKE 'COPY %'"
+                        " AND pid <> pg_backend_pid()"
+                    )
+                )
+            assert cancelled == 1
+        await asyncio.sleep(0.01)  # a client slower than the database
+
+    capsys.readouterr()
+    await asyncio.wait_for(app(scope, receive, send), timeout=60)  # returns, raises nothing
+
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
+    bodies = [m for m in sent if m["type"] == "http.response.body"]
+    assert bodies[0]["body"].startswith(b"id,timestamp,")  # the CSV header came with the rows
+    assert all(m.get("more_body") for m in bodies)  # never the last frame
+    assert sum(len(m["body"]) for m in bodies) < 50_000 * 40  # cut well before the end
+    assert await no_copy_left(resources)
+
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.strip()]
+    ours = [line for line in lines if line.get("request_id") == "export-cut-1"]
+    events = {line["event"] for line in ours}
+    assert "unhandled_error" not in events
+    (warning,) = [line for line in ours if line["event"] == "export_interrupted"]
+    assert (warning["error"], warning["sqlstate"]) == ("QueryCanceledError", "57014")
+    (access,) = [line for line in ours if line["event"] == "request"]
+    assert (access["status"], access["interrupted"]) == (200, True)

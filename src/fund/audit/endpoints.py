@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Annotated
 
+import structlog
 from fastapi import APIRouter, Query, status
 from fastapi.responses import StreamingResponse
 
@@ -14,10 +15,12 @@ from fund.audit.schemas import AuditFilters, AuditLogRead, ExportFormat
 from fund.audit.service import AuditService
 from fund.auth.dependencies import AdminActor, AdminUser
 from fund.db import UnitOfWork
-from fund.deps import AuditServiceDep, ResourcesDep
+from fund.deps import AuditServiceDep, Resources, ResourcesDep
 from fund.kit.params import Cursor, Limit, PathId
+from fund.kit.request_context import StreamInterrupted
 from fund.kit.schemas import PageJSON, PageOut
 
+log = structlog.get_logger(__name__)
 router = APIRouter(prefix="/audit-logs", tags=["audit"])
 
 Filters = Annotated[AuditFilters, Query()]
@@ -43,14 +46,29 @@ async def export_audit_logs(
     format: Annotated[ExportFormat, Query()] = ExportFormat.JSONL,
 ) -> StreamingResponse:
     """Every matching entry in page order, streamed in constant memory."""
+    chunks = _export_chunks(resources, filters, format)
+    try:
+        # Before the status line: an export that cannot start (the database is down, say)
+        # is answered with its error status, not with a 200 and a broken body.
+        first = await anext(chunks, b"")
+    except BaseException:
+        await chunks.aclose()
+        raise
 
     async def body() -> AsyncIterator[bytes]:
-        # Its own unit of work: the stream outlives the request's.
-        async with UnitOfWork(resources.sessions) as work:
-            chunks = AuditService(work, resources.cursors).export(filters, format)
-            async with aclosing(chunks):  # a client that leaves cancels the stream
+        async with aclosing(chunks):  # a client that leaves cancels the stream
+            yield first
+            try:
                 async for chunk in chunks:
                     yield chunk
+            except Exception as error:
+                # The status line and part of the body are out: no error answer can follow.
+                log.warning(
+                    "export_interrupted",
+                    error=type(error).__name__,
+                    sqlstate=getattr(error, "sqlstate", None),
+                )
+                raise StreamInterrupted from error
 
     return StreamingResponse(
         body(),
@@ -70,3 +88,14 @@ async def soft_delete_audit_log(
 ) -> None:
     """Soft delete: the entry stays, flagged `is_deleted`; the deletion is audited."""
     await audit.soft_delete(actor, entry_id)
+
+
+async def _export_chunks(
+    resources: Resources, filters: AuditFilters, export_format: ExportFormat
+) -> AsyncGenerator[bytes, None]:
+    # Its own unit of work: the stream outlives the request's.
+    async with UnitOfWork(resources.sessions) as work:
+        chunks = AuditService(work, resources.cursors).export(filters, export_format)
+        async with aclosing(chunks):
+            async for chunk in chunks:
+                yield chunk

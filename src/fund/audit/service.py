@@ -91,14 +91,20 @@ class AuditService:
     async def export(
         self, filters: AuditFilters, export_format: ExportFormat
     ) -> AsyncGenerator[bytes, None]:
-        """The export's body, in chunks: a CSV export starts with its header row."""
-        if export_format is ExportFormat.CSV:
-            yield export.csv_header()
+        """The export's body, in chunks: a CSV export starts with its header row.
+
+        The first chunk comes from the database (the header travels with it), so a caller
+        that awaits it knows the export could start: an HTTP answer can still be an error.
+        """
+        header = export.csv_header() if export_format is ExportFormat.CSV else b""
         # aclosing: a reader that leaves closes the lines' generator then and there (not when
         # collected), so the COPY ends and its connection is retired before this unit closes.
         async with aclosing(self.repository.copy_lines(filters, export_format)) as chunks:
             async for chunk in chunks:
-                yield chunk
+                yield header + chunk if header else chunk
+                header = b""
+        if header:  # no entry matched: the header alone
+            yield header
 
     async def latest_by_actors(self, user_ids: Sequence[int], per_user: int) -> list[AuditLog]:
         return await self.repository.latest_by_actors(user_ids, per_user)

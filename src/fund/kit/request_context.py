@@ -35,6 +35,16 @@ access_log = structlog.get_logger("fund.access")
 error_log = structlog.get_logger("fund.errors")
 
 
+class StreamInterrupted(Exception):
+    """A streamed body failed after its status line went out (logged where it failed).
+
+    No error answer can follow a started one. The middleware ends the request without the
+    body's last frame, so the server closes the connection and the client sees the body
+    cut short (curl: "transfer closed with outstanding read data remaining"), never a
+    shorter body that looks whole; and no traceback is logged for it as an unhandled error.
+    """
+
+
 def request_id() -> str | None:
     return _request_id.get()
 
@@ -86,6 +96,7 @@ class RequestContextMiddleware:
         start = time.perf_counter()
         status = 500
         started = False
+        interrupted = False
         is_api = scope["path"].startswith("/api/")
         # Behind a TLS-terminating proxy (or when uvicorn serves TLS itself) browsers keep to https.
         hsts = self.hsts or scope.get("scheme") == "https"
@@ -112,6 +123,10 @@ class RequestContextMiddleware:
                 await _send_error(send_with_headers, *rejection)
             else:
                 await self.app(scope, self._limited(receive), send_with_headers)
+        except StreamInterrupted:
+            if not started:
+                raise
+            interrupted = True
         except Exception as error:
             if started:
                 raise  # too late for an error response; uvicorn closes the connection
@@ -120,19 +135,7 @@ class RequestContextMiddleware:
             error_log.exception("unhandled_error", error=type(error).__name__)
             await _send_error(send_with_headers, 500, "Internal server error")
         finally:
-            elapsed = time.perf_counter() - start
-            route = route_template(scope)
-            method = scope["method"]
-            metrics.REQUESTS.labels(method, route, str(status)).inc()
-            metrics.LATENCY.labels(method, route).observe(elapsed)
-            fields: dict[str, Any] = {
-                "method": method,
-                "route": route,
-                "status": status,
-                "latency_ms": round(elapsed * 1000, 2),
-                "user_id": _user_id.get(),
-            }
-            access_log.info("request", **fields)
+            _record(scope, status, time.perf_counter() - start, interrupted=interrupted)
             _request_id.reset(token)
             _user_id.reset(user_token)
 
@@ -169,6 +172,24 @@ class RequestContextMiddleware:
             return message
 
         return limited_receive
+
+
+def _record(scope: Scope, status: int, elapsed: float, *, interrupted: bool) -> None:
+    """The request's metrics and its access log line."""
+    route = route_template(scope)
+    method = scope["method"]
+    metrics.REQUESTS.labels(method, route, str(status)).inc()
+    metrics.LATENCY.labels(method, route).observe(elapsed)
+    fields: dict[str, Any] = {
+        "method": method,
+        "route": route,
+        "status": status,
+        "latency_ms": round(elapsed * 1000, 2),
+        "user_id": _user_id.get(),
+    }
+    if interrupted:
+        fields["interrupted"] = True  # the body was cut short (``StreamInterrupted``)
+    access_log.info("request", **fields)
 
 
 async def _send_error(send: Send, status: int, detail: str) -> None:
