@@ -7,6 +7,7 @@ import os
 import sys
 
 from tests.conftest import SECRET
+from tests.services import PostgresServer
 
 
 async def fund(database_url: str, *args: str) -> tuple[int, str, str]:
@@ -55,3 +56,28 @@ async def test_users_create_prints_the_id_and_refuses_bad_values_with_exit_1(
         assert "Traceback" not in err, name
     _, _, err = await fund(database_url, *create("ops@example.com"))
     assert "already exists" in err
+
+
+async def test_a_database_that_is_not_there_is_one_line_not_a_traceback(
+    database_url: str, postgres: PostgresServer
+) -> None:
+    unreachable = "postgresql+asyncpg://postgres@127.0.0.1:1/fund"  # nothing listens on port 1
+    for args in (["db", "current"], ["serve", "--port", "8765"], create("nobody@example.com")):
+        code, _, err = await fund(unreachable, *args)
+        assert code == 1, (args, err)
+        assert "Traceback" not in err, err
+        assert "fund: cannot reach the database (" in err, err
+        assert "is FUND_DATABASE_URL right" in err
+
+    missing = postgres.url("fund_no_such_database")
+    code, _, err = await fund(missing, "db", "upgrade")
+    assert (code, "Traceback" in err) == (1, False), err
+    assert 'fund: the database refused: database "fund_no_such_database" does not exist' in err
+
+    code, _, err = await fund(database_url, "db", "downgrade", "no-such-revision")
+    assert (code, "Traceback" in err) == (1, False), err
+    assert "fund: Can't locate revision identified by 'no-such-revision'" in err
+
+    code, _, err = await fund(database_url, "serve", "--port", "99999")
+    assert code == 2
+    assert "--port: must be between 1 and 65535" in err

@@ -8,14 +8,18 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
 
+import asyncpg
 from alembic import command
+from alembic.util import CommandError
 from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
 
 from fund.config import Environment, Settings, UnsafeSettingsError, get_settings
 from fund.db import alembic_config
@@ -38,6 +42,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         code = args.handler(args, settings)
+    except (CommandError, DBAPIError, asyncpg.PostgresError, OSError) as exc:
+        # The environment's fault (no database there, no such revision), not the code's:
+        # one line that says what to fix, no traceback.
+        print(f"fund: {_environment_error(exc)}", file=sys.stderr)
+        code = 1
     except KeyboardInterrupt:
         code = 130
     except Terminated:
@@ -45,6 +54,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     finally:
         embedded.stop_all()
     raise SystemExit(code or 0)
+
+
+def _environment_error(exc: BaseException) -> str:
+    refused = isinstance(exc, DBAPIError | asyncpg.PostgresError)
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        exc = exc.orig  # the driver's message, without SQLAlchemy's statement and link
+    if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
+        return f"cannot reach the database ({exc}): is FUND_DATABASE_URL right, and is it up?"
+    if refused:
+        return f"the database refused: {str(exc).splitlines()[0]}"
+    return str(exc)
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError("must be between 1 and 65535")
+    return port
 
 
 class Terminated(Exception):
@@ -61,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="apply pending migrations, then serve the HTTP API")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=_port, default=8000)
     serve.add_argument("--workers", type=_positive_int, default=1)
     serve.set_defaults(handler=_serve)
 
