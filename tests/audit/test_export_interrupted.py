@@ -9,12 +9,14 @@ protocol is mid-COPY, rather than hand it to the next request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from contextlib import aclosing
 
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
+from starlette.requests import ClientDisconnect
 from starlette.types import Message
 
 from fund.audit.repository import AuditRepository
@@ -173,3 +175,45 @@ async def test_an_export_cut_short_by_the_database_never_looks_complete(
     assert (warning["error"], warning["sqlstate"]) == ("QueryCanceledError", "57014")
     (access,) = [line for line in ours if line["event"] == "request"]
     assert (access["status"], access["interrupted"]) == (200, True)
+
+
+@pytest.mark.parametrize("spec_version", ["2.3", "2.4"])
+async def test_a_client_gone_before_the_first_byte_frees_the_export_at_once(
+    app: FastAPI, resources: Resources, admin: Account, spec_version: str
+) -> None:
+    """The export's COPY has started when the status line is sent (it waits for the first
+    chunk). A client already gone by then must not leave that COPY and its connection to
+    the garbage collector: both are released before the request returns."""
+    await fill(resources, 50_000)
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": spec_version},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/api/v1/audit-logs/export",
+        "raw_path": b"/api/v1/audit-logs/export",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"test"),
+            (b"authorization", admin.headers["Authorization"].encode()),
+        ],
+        "client": ("203.0.113.9", 40000),
+        "server": ("test", 80),
+    }
+
+    async def receive() -> Message:
+        return {"type": "http.disconnect"}  # 2.3: Starlette listens, and stops the stream
+
+    async def send(message: Message) -> None:
+        if spec_version == "2.4":  # 2.4: the server says so when the app writes
+            raise OSError("the client is gone")
+
+    pool = resources.engine.pool
+    assert pool.checkedout() == 0  # type: ignore[attr-defined]
+    with contextlib.suppress(ClientDisconnect):
+        await app(scope, receive, send)
+    # No await in between: nothing but the response itself can have closed the export.
+    assert pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert await no_copy_left(resources)

@@ -9,6 +9,7 @@ from typing import Annotated
 import structlog
 from fastapi import APIRouter, Query, status
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from fund.audit import export
 from fund.audit.schemas import AuditFilters, AuditLogRead, ExportFormat
@@ -54,24 +55,9 @@ async def export_audit_logs(
     except BaseException:
         await chunks.aclose()
         raise
-
-    async def body() -> AsyncIterator[bytes]:
-        async with aclosing(chunks):  # a client that leaves cancels the stream
-            yield first
-            try:
-                async for chunk in chunks:
-                    yield chunk
-            except Exception as error:
-                # The status line and part of the body are out: no error answer can follow.
-                log.warning(
-                    "export_interrupted",
-                    error=type(error).__name__,
-                    sqlstate=getattr(error, "sqlstate", None),
-                )
-                raise StreamInterrupted from error
-
-    return StreamingResponse(
-        body(),
+    return _ExportResponse(
+        chunks,
+        first,
         media_type=export.MEDIA_TYPES[format],
         headers={"Content-Disposition": f'attachment; filename="audit-logs.{format.value}"'},
     )
@@ -99,3 +85,42 @@ async def _export_chunks(
         async with aclosing(chunks):
             async for chunk in chunks:
                 yield chunk
+
+
+class _ExportResponse(StreamingResponse):
+    """``first``, then the rest of ``chunks``; ``chunks`` (its COPY, its pooled connection) is
+    closed when the response ends, however it ends: also when the client leaves before the
+    first byte or while a chunk is being sent, which leave the body's generator suspended
+    until the garbage collector finds it."""
+
+    def __init__(
+        self,
+        chunks: AsyncGenerator[bytes, None],
+        first: bytes,
+        *,
+        media_type: str,
+        headers: dict[str, str],
+    ) -> None:
+        super().__init__(_body(chunks, first), media_type=media_type, headers=headers)
+        self.chunks = chunks
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.chunks.aclose()
+
+
+async def _body(chunks: AsyncGenerator[bytes, None], first: bytes) -> AsyncIterator[bytes]:
+    yield first
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except Exception as error:
+        # The status line and part of the body are out: no error answer can follow.
+        log.warning(
+            "export_interrupted",
+            error=type(error).__name__,
+            sqlstate=getattr(error, "sqlstate", None),
+        )
+        raise StreamInterrupted from error
