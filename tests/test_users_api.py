@@ -205,6 +205,8 @@ async def test_unknown_and_malformed_ids(
     response = await client.get(path, headers=admin.headers)
     assert response.status_code == status
     assert "detail" in response.json()
+    # Without a token, whatever the id: the caller is checked first.
+    assert (await client.get(path)).status_code == 401
 
 
 async def test_no_response_ever_carries_a_password_or_hash(

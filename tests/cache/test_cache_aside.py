@@ -28,6 +28,22 @@ async def test_user_read_is_a_miss_then_a_hit(
     assert await user_entry(raw_redis, viewer.id) is not None
 
 
+async def test_a_warm_read_of_a_user_is_one_round_trip_to_redis(
+    client: httpx.AsyncClient, admin: Account, viewer: Account, resources: Resources
+) -> None:
+    url = f"/api/v1/users/{viewer.id}"
+    for caller in (admin, viewer):  # warms both entries
+        assert (await client.get(url, headers=caller.headers)).status_code == 200
+    calls = resources.cache.calls
+
+    other = await client.get(url, headers=admin.headers)  # the caller's entry and the target's
+    own = await client.get(url, headers=viewer.headers)  # the caller is the target
+
+    assert (other.headers["x-cache"], own.headers["x-cache"]) == ("hit", "hit")
+    assert other.json() == own.json()
+    assert resources.cache.calls - calls == 2
+
+
 async def test_stats_are_a_miss_then_a_hit(client: httpx.AsyncClient, analyst: Account) -> None:
     first = await client.get("/api/v1/stats", headers=analyst.headers)
     second = await client.get("/api/v1/stats", headers=analyst.headers)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -299,18 +299,38 @@ class Cache:
 
     async def _read(self, kind: str, ident: str | int) -> bytes | None:
         """The live value; None on a miss, a tombstone, an untrusted cache or Redis trouble."""
+        return (await self._read_many(kind, (ident,)))[0]
+
+    async def _read_many(self, kind: str, idents: Sequence[str | int]) -> list[bytes | None]:
+        """``_read`` for several entries in one round trip (a pipeline of GETs, not MGET:
+        the keys may live on different Redis Cluster nodes)."""
         if not self.available or not await self._trusted():
-            return None
+            return [None] * len(idents)
+        keys = [key(kind, ident) for ident in idents]
+
+        async def op(r: Redis) -> list[bytes | None]:
+            if len(keys) == 1:
+                return [cast("bytes | None", await r.get(keys[0]))]
+            pipe = r.pipeline(transaction=False)
+            for k in keys:
+                pipe.get(k)
+            return cast("list[bytes | None]", await pipe.execute())
+
         try:
-            value = cast("bytes | None", await self._call(lambda r: r.get(key(kind, ident))))
+            values = await self._call(op)
         except CircuitOpen:
-            return None
-        return None if value == TOMBSTONE else value
+            return [None] * len(idents)
+        return [None if value == TOMBSTONE else value for value in values]
 
     async def get(self, kind: str, ident: str | int) -> bytes | None:
-        value = await self._read(kind, ident)
-        (metrics.CACHE_MISSES if value is None else metrics.CACHE_HITS).labels(kind).inc()
-        return value
+        return (await self.get_many(kind, (ident,)))[0]
+
+    async def get_many(self, kind: str, idents: Sequence[str | int]) -> list[bytes | None]:
+        """The live values of several entries of one kind, in one Redis round trip."""
+        values = await self._read_many(kind, idents)
+        for value in values:
+            (metrics.CACHE_MISSES if value is None else metrics.CACHE_HITS).labels(kind).inc()
+        return values
 
     async def get_or_load(
         self,
@@ -323,6 +343,16 @@ class Cache:
         cached = await self.get(kind, ident)
         if cached is not None:
             return Lookup(cached, hit=True)
+        return Lookup(await self.load_through(kind, ident, ttl, load), hit=False)
+
+    async def load_through(
+        self,
+        kind: str,
+        ident: str | int,
+        ttl: int,
+        load: Callable[[], Awaitable[bytes | None]],
+    ) -> bytes | None:
+        """The miss half of ``get_or_load``: ``load`` the row, then populate its entry."""
         deadline_ms = int(time.time() * 1000) + POPULATE_WINDOW_MS  # taken before the read
         value = await load()
         if value is not None and self._populate is not None:
@@ -335,7 +365,7 @@ class Cache:
                 )
             except CircuitOpen:
                 pass
-        return Lookup(value, hit=False)
+        return value
 
     async def replace(self, kind: str, ident: str | int, value: bytes, ttl: int) -> None:
         """Write a freshly rebuilt value (single-flight rebuilds, not row reads)."""

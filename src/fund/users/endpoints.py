@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response, status
 
-from fund.auth.dependencies import ActorDep, AdminActor, CurrentUser, StaffUser
+from fund.auth.dependencies import ActorDep, AdminActor, CurrentUser, StaffUser, UserReader
 from fund.deps import UserServiceDep
 from fund.errors import Forbidden
 from fund.kit.params import Cursor, Limit, PathId
@@ -61,7 +61,7 @@ async def update_me(
 
 
 @router.get("/{user_id}", response_model=UserRead)
-async def read_user(user_id: PathId, caller: CurrentUser, users: UserServiceDep) -> Response:
+async def read_user(user_id: PathId, caller: UserReader, users: UserServiceDep) -> Response:
     if caller.role is Role.VIEWER and caller.id != user_id:
         raise Forbidden
     return CachedJSON(await users.get_json(user_id))
