@@ -116,6 +116,9 @@ async def test_a_small_run_writes_every_table_chart_and_target(
         assert re.search(rf"^\| {figure} \| \S", report, re.MULTILINE), figure
     for route in HTTP_ROUTES:
         assert f"| {route} | 1 |" in report, route
+    assert "### A worker's CPU per request, in-process" in report
+    for route in HTTP_ROUTES[:-1]:  # all but /stats
+        assert re.search(rf"^\| {re.escape(route)} \| \d+\.\d{{3}} \| \d", report, re.M), route
     for target in TARGETS:
         assert re.search(rf"^\| {re.escape(target)} \|.*\*\*(PASS|MISS)\*\*", report, re.M), target
     assert report.count("Reproduce: `fund bench --users 400 --audit-logs 4000 --seed 42") == 6

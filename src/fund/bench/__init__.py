@@ -24,7 +24,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from fund.audit.schemas import AuditFilters
-from fund.bench import http, queries
+from fund.bench import http, inprocess, queries
 from fund.bench.database import (
     BENCH_ADMIN_EMAIL,
     BENCH_ADMIN_PASSWORD,
@@ -348,3 +348,24 @@ async def _http_scenarios(
                     f"{count} worker(s) {route.label}: {result.rps:,.0f} req/s, "
                     f"p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms"
                 )
+    if "http" in only:
+        _log("in-process: a worker's CPU per request")
+        in_process = {
+            r.key: r.paths[0]
+            for r in routes
+            if r.key in inprocess.ROUTES and "cursor=None" not in r.paths[0]
+        }
+        run.worker_cpu = await inprocess.cpu_per_request(
+            settings.model_copy(
+                update={
+                    "database_url": database_url,
+                    "redis_url": redis_url,
+                    "log_level": "WARNING",
+                }
+            ),
+            BENCH_ADMIN_EMAIL,
+            BENCH_ADMIN_PASSWORD,
+            in_process,
+            requests=50 if args.quick else 500,
+        )
+        _log(", ".join(f"{key} {ms:.3f} ms" for key, ms in run.worker_cpu.items()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -70,6 +71,8 @@ class BenchRun:
     cache: CacheResult | None = None
     export: ExportResult | None = None
     http: list[LoadRun] = field(default_factory=list)
+    worker_cpu: dict[str, float] = field(default_factory=dict)
+    """Route key -> ms of one worker's CPU per request, in-process (``fund.bench.inprocess``)."""
     finished: datetime | None = None
 
     def load(self, workers: int, key: str) -> LoadRun | None:
@@ -178,7 +181,7 @@ class BenchRun:
                         f"{first.result.p50_ms:.1f} ms)",
                         ratio / (1 - DEEP_PAGE_TOLERANCE),
                         passed,
-                        "" if passed else _WHY_DEEP,
+                        "" if passed else _why_deep(first_key, deep_key, self.worker_cpu),
                     )
                 )
             if ping is None:
@@ -196,7 +199,7 @@ class BenchRun:
                         f"{ratio:.2f} × ({route.result.rps:,.0f} vs {ping.result.rps:,.0f} req/s)",
                         ratio / share,
                         passed,
-                        "" if passed else _why_http(key, route, ping),
+                        "" if passed else _why_http(key, route, ping, self.worker_cpu),
                     )
                 )
         return out
@@ -260,35 +263,43 @@ class BenchRun:
         return "\n".join(lines)
 
 
-_WHY_DEEP = (
-    "a page from a cursor does more than page one: it checks the cursor's signature, signs "
-    "two cursors and reads a one-row probe beside the page (`UNION ALL`), about 5 % more of "
-    "a worker's CPU in-process (audit 0.60 → 0.63 ms, users 0.50 → 0.54 ms); PostgreSQL's "
-    "share is in the depth table. With the same code this ratio has read 0.77 to 1.31 from "
-    "run to run: the rest is the machine's noise"
-)
+def _why_deep(first: str, deep: str, cpu: Mapping[str, float]) -> str:
+    measured = (
+        f"in-process, a deep page costs a worker {cpu[deep]:.3f} ms of CPU against "
+        f"{cpu[first]:.3f} ms for page one ({cpu[deep] / cpu[first] - 1:+.0%}): "
+        if first in cpu and deep in cpu
+        else ""
+    )
+    return (
+        f"{measured}a page from a cursor checks the cursor's signature, signs two cursors and "
+        "reads a one-row probe beside the page (`UNION ALL`); PostgreSQL's share is in the "
+        "depth table. Beyond that, the ratio moves with the machine's noise from run to run"
+    )
 
 
-def _why_http(key: str, route: LoadRun, ping: LoadRun) -> str:
+_ADDS = {
+    "user": "FastAPI resolving three dependencies, the token's signature, one Redis round trip "
+    "(a pipeline of two GETs: the caller's entry and the user's) and the caller's parse",
+    "users": "FastAPI resolving three dependencies and validating six query parameters, the "
+    "token's signature, the caller's Redis read, a pooled connection and the asyncpg "
+    "statement, rows to dicts, a signed cursor and orjson",
+}
+
+
+def _why_http(key: str, route: LoadRun, ping: LoadRun, cpu: Mapping[str, float]) -> str:
     per_request = 1000 / max(route.result.rps, 1e-9)
     floor = 1000 / max(ping.result.rps, 1e-9)
-    cost = (
+    why = (
         f"each request costs {per_request:.2f} ms of the cores against {floor:.2f} ms for /healthz"
     )
-    if key == "user":
-        return (
-            f"{cost}: in-process (no HTTP), the route costs the worker about 0.28 ms of CPU "
-            "against 0.085 ms for /healthz; the difference is two redis-py reads (the caller's, "
-            "then the cached user: 34–40 µs of client CPU each, measured apart) and FastAPI "
-            "resolving three dependencies (about 25 µs each); the Python load generator "
-            "shares the cores"
+    if key in cpu and "ping" in cpu:
+        why += (
+            f"; in-process (no HTTP) the route costs a worker {cpu[key]:.3f} ms of CPU against "
+            f"{cpu['ping']:.3f} ms for /healthz ({cpu['ping'] / cpu[key]:.2f} ×)"
         )
+    sharing = "wrk" if route.generator == "wrk" else "the Python load generator"
     return (
-        f"{cost}: in-process (no HTTP), the page costs the worker about 0.5 ms of CPU against "
-        "0.085 ms for /healthz: FastAPI resolving three dependencies (about 25 µs each) and "
-        "validating six query parameters (50 µs, measured apart), the caller's Redis read "
-        "(about 40 µs), the pooled connection and the asyncpg statement (about 73 µs), rows "
-        "to dicts, a signed cursor and orjson; the Python load generator shares the cores"
+        f"{why}. What the route adds: {_ADDS[key]}; {sharing}, PostgreSQL and Redis share the cores"
     )
 
 
@@ -608,25 +619,32 @@ def _http_section(run: BenchRun, chart_names: list[str]) -> list[str]:
             ]
         )
     generators = sorted({r.generator for r in run.http})
+    wrk = all(r.generator == "wrk" for r in run.http)
     return [
         "## HTTP on loopback",
         "",
         f"Load generator: {', '.join(generators)}; {run.http[0].result.seconds:.0f} s per route "
         "with keep-alive connections. The deep-cursor routes start 900,000 rows in (or as deep "
-        "as the data allows); `GET /users/{id}` rotates over 100 warm ids.",
-        "",
-        *(
-            [
-                "wrk is not installed here, so a Python generator made these figures. It "
-                "shares the cores with the server and costs more CPU per request than wrk, "
-                "so it bounds the `/healthz` floor lowest: the `× /ping` ratios below read "
-                "better than they would against a wrk floor (MEASURED.md: `/ping` 12,900 "
-                "req/s with 1 worker under wrk on this machine).",
-                "",
-            ]
-            if any(r.generator != "wrk" for r in run.http)
-            else []
+        "as the data allows); "
+        + (
+            "`GET /users/{id}` reads one warm id (wrk takes one URL)."
+            if wrk
+            else "`GET /users/{id}` rotates over 100 warm ids."
         ),
+        "",
+        (
+            "wrk, the server, PostgreSQL and Redis share the cores. With one worker the server "
+            "process is the bottleneck and wrk runs beside it, so the `× /ping` ratios are "
+            "close to the server's own; MEASURED.md has this machine kind's floors under the "
+            "same wrk settings (`/ping` 12,900 req/s with 1 worker)."
+            if wrk
+            else "wrk is not installed here (Debian and Ubuntu: `apt-get install wrk`), so a "
+            "Python generator made these figures. It shares the cores with the server and "
+            "costs more CPU per request than wrk, so it bounds the `/healthz` floor lowest: "
+            "the `× /ping` ratios below read better than they would against a wrk floor "
+            "(MEASURED.md: `/ping` 12,900 req/s with 1 worker under wrk on this machine)."
+        ),
+        "",
         *_table(
             ["route", "workers", "req/s", "× /ping", "p50 ms", "p99 ms", "requests", "errors"],
             rows,
@@ -636,5 +654,33 @@ def _http_section(run: BenchRun, chart_names: list[str]) -> list[str]:
         *_chart("http_latency.png", chart_names, "p50 and p99 by route"),
         f"Reproduce: `{run.commands['http']}`. One load run, as the generator ran it: "
         f"`{run.http[0].command}`",
+        "",
+        *_worker_cpu_section(run),
+    ]
+
+
+def _worker_cpu_section(run: BenchRun) -> list[str]:
+    if not run.worker_cpu:
+        return []
+    labels = {r.route.key: r.route.label for r in run.http}
+    floor = run.worker_cpu.get("ping")
+    rows = [
+        [
+            labels.get(key, key),
+            f"{ms:.3f}",
+            f"{floor / ms:.2f}" if floor else "–",
+        ]
+        for key, ms in run.worker_cpu.items()
+    ]
+    return [
+        "### A worker's CPU per request, in-process",
+        "",
+        "The same routes called through ASGI in a loop, in the benchmark's own process (no "
+        "HTTP, no load generator): milliseconds of that process's CPU per request, the best "
+        "of five rounds (`fund.bench.inprocess`). It is what a route costs a worker by "
+        "itself; PostgreSQL's and Redis's own work is not in it. `× /healthz` is the "
+        "requests/s ratio a worker alone could reach.",
+        "",
+        *_table(["route", "ms of CPU", "× /healthz"], rows),
         "",
     ]
