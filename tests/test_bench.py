@@ -105,6 +105,10 @@ async def test_a_small_run_writes_every_table_chart_and_target(
 
     assert code == 0
     assert again.reused
+    # …and still knows how long its seeding took, for the reports of the runs that reuse it.
+    assert again.seed_seconds is not None and again.seed_seconds > 0
+    assert set(again.seed_phases) >= {"users", "audit_logs", "indexes"}
+    assert again.seeded_at is not None
     report = (output / "REPORT.md").read_text()
     for section in SECTIONS:
         assert section in report, section
