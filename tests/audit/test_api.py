@@ -245,6 +245,12 @@ BAD_FILTERS = (
     "until=2026-13-01T00:00:00Z",
     "since=2026-01-01T00:00:00",  # no offset: which day is ambiguous
     "since=0001-01-01T00:00:00%2B01:00",  # before year 1 once in UTC
+    # Numbers are not read as Unix time: 20260101 would silently mean 1970-08-24.
+    "since=20260101",
+    "until=0.5",
+    "since=1764288000",
+    "until=1764288000000",
+    "since=2026-01-01",  # a date alone: midnight where?
     "action=HACK",
     "action=login",
     "resource_type=account",

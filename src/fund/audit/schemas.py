@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
@@ -60,6 +61,9 @@ class AuditLogRead(BaseModel):
         return rfc3339(value)
 
 
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
 class AuditFilters(BaseModel):
     """Filters of ``GET /audit-logs`` and its export; also part of a cursor's scope."""
 
@@ -72,6 +76,19 @@ class AuditFilters(BaseModel):
     since: AwareDatetime | None = None
     until: AwareDatetime | None = None
     include_deleted: bool = False
+
+    @field_validator("since", "until", mode="before")
+    @classmethod
+    def _iso_8601(cls, value: object) -> object:
+        """A date-time as ISO 8601 text, never a number read as Unix time (pydantic's lax
+        mode would take ``since=20260101`` for 1970-08-24, silently)."""
+        if isinstance(value, int | float) or (
+            isinstance(value, str) and _NUMBER.fullmatch(value.strip())
+        ):
+            raise ValueError(
+                "expected an ISO 8601 date-time with an offset, e.g. 2026-01-01T00:00:00Z"
+            )
+        return value
 
     @field_validator("since", "until")
     @classmethod
