@@ -234,3 +234,45 @@ async def test_openapi_marks_exactly_the_routes_that_need_a_token(
                 [{"OAuth2PasswordBearer": []}] if needs_token else None
             )
             assert operation.get("security") == expected, (method, path)
+
+
+# The error statuses each route may answer with (besides 422), as its OpenAPI lists them.
+DOCUMENTED_ERRORS = {
+    ("post", "/api/v1/auth/token"): {"401", "429", "503"},
+    ("get", "/api/v1/users"): {"400", "401", "403", "503"},
+    ("post", "/api/v1/users"): {"401", "403", "409", "503"},
+    ("get", "/api/v1/users/me"): {"401", "503"},
+    ("patch", "/api/v1/users/me"): {"401", "503"},
+    ("get", "/api/v1/users/{user_id}"): {"401", "403", "404", "503"},
+    ("patch", "/api/v1/users/{user_id}"): {"401", "403", "404", "409", "503"},
+    ("delete", "/api/v1/users/{user_id}"): {"401", "403", "404", "409", "503"},
+    ("get", "/api/v1/audit-logs"): {"400", "401", "403", "503"},
+    ("get", "/api/v1/audit-logs/export"): {"401", "403", "503"},
+    ("get", "/api/v1/audit-logs/{entry_id}"): {"401", "403", "404", "503"},
+    ("delete", "/api/v1/audit-logs/{entry_id}"): {"401", "403", "404", "503"},
+    ("get", "/api/v1/stats"): {"401", "403", "503"},
+    ("get", "/healthz"): set(),
+    ("get", "/readyz"): {"503"},
+    ("get", "/metrics"): set(),
+}
+
+
+async def test_openapi_documents_every_error_a_route_answers_with(
+    client: httpx.AsyncClient,
+) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    operations = {
+        (method, path): operation
+        for path, by_method in schema["paths"].items()
+        for method, operation in by_method.items()
+    }
+    assert set(operations) == set(DOCUMENTED_ERRORS)
+    for route, operation in operations.items():
+        errors = {s for s in operation["responses"] if s.startswith(("4", "5")) and s != "422"}
+        assert errors == DOCUMENTED_ERRORS[route], route
+        for status in errors - {"503"} if route[1] == "/readyz" else errors:
+            body = operation["responses"][status]["content"]["application/json"]["schema"]
+            assert body == {"$ref": "#/components/schemas/ErrorOut"}, (route, status)
+    export = operations[("get", "/api/v1/audit-logs/export")]["responses"]["200"]["content"]
+    assert set(export) == {"application/x-ndjson", "text/csv"}
+    assert set(operations[("get", "/metrics")]["responses"]["200"]["content"]) == {"text/plain"}

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 
 class FundError(Exception):
@@ -80,3 +81,18 @@ def error_response(error: FundError) -> JSONResponse:
     return JSONResponse(
         {"detail": error.detail}, status_code=error.status, headers=error.headers or None
     )
+
+
+class ErrorOut(BaseModel):
+    """The body of every error but 422 (whose ``detail`` lists the fields refused)."""
+
+    detail: str
+
+
+def documented(*errors: type[FundError]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the domain errors a route may answer with."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for error in errors:
+        entry = responses.setdefault(int(error.status), {"model": ErrorOut, "description": ""})
+        entry["description"] = "; ".join(d for d in (entry["description"], error.detail) if d)
+    return responses

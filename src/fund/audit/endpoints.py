@@ -17,17 +17,22 @@ from fund.audit.service import AuditService
 from fund.auth.dependencies import AdminActor, AdminUser
 from fund.db import UnitOfWork
 from fund.deps import AuditServiceDep, Resources, ResourcesDep
+from fund.errors import BadCursor, Forbidden, NotAuthenticated, NotFound, Unavailable, documented
 from fund.kit.params import Cursor, Limit, PathId
 from fund.kit.request_context import StreamInterrupted
 from fund.kit.schemas import PageJSON, PageOut
 
 log = structlog.get_logger(__name__)
-router = APIRouter(prefix="/audit-logs", tags=["audit"])
+router = APIRouter(
+    prefix="/audit-logs",
+    tags=["audit"],
+    responses=documented(NotAuthenticated, Forbidden, Unavailable),
+)
 
 Filters = Annotated[AuditFilters, Query()]
 
 
-@router.get("", response_model=PageOut[AuditLogRead])
+@router.get("", response_model=PageOut[AuditLogRead], responses=documented(BadCursor))
 async def list_audit_logs(
     filters: Filters,
     _: AdminUser,
@@ -39,7 +44,16 @@ async def list_audit_logs(
     return PageJSON(await audit.page(filters, limit=limit, cursor=cursor))
 
 
-@router.get("/export", response_class=StreamingResponse)
+@router.get(
+    "/export",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "Every matching entry: one JSON object per line, or CSV with a header",
+            "content": {media_type: {} for media_type in export.MEDIA_TYPES.values()},
+        }
+    },
+)
 async def export_audit_logs(
     filters: Filters,
     _: AdminUser,
@@ -63,12 +77,14 @@ async def export_audit_logs(
     )
 
 
-@router.get("/{entry_id}", response_model=AuditLogRead)
+@router.get("/{entry_id}", response_model=AuditLogRead, responses=documented(NotFound))
 async def read_audit_log(entry_id: PathId, _: AdminUser, audit: AuditServiceDep) -> AuditLogRead:
     return AuditLogRead.model_validate(await audit.get(entry_id))
 
 
-@router.delete("/{entry_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/{entry_id}", status_code=status.HTTP_204_NO_CONTENT, responses=documented(NotFound)
+)
 async def soft_delete_audit_log(
     entry_id: PathId, actor: AdminActor, audit: AuditServiceDep
 ) -> None:

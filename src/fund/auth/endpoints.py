@@ -11,7 +11,13 @@ from fastapi.security import OAuth2PasswordRequestForm
 from fund.auth.schemas import TokenOut
 from fund.auth.service import AuthService
 from fund.deps import AnonymousActorDep, ResourcesDep, WorkDep
-from fund.errors import error_response
+from fund.errors import (
+    InvalidCredentials,
+    TooManyAttempts,
+    Unavailable,
+    documented,
+    error_response,
+)
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -19,10 +25,7 @@ router = APIRouter(prefix="/auth", tags=["auth"])
 @router.post(
     "/token",
     response_model=TokenOut,
-    responses={
-        401: {"description": "Unknown email, wrong password or deactivated account"},
-        429: {"description": "Too many failed attempts for this account"},
-    },
+    responses=documented(InvalidCredentials, TooManyAttempts, Unavailable),
 )
 async def issue_token(
     form: Annotated[OAuth2PasswordRequestForm, Depends()],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import text
 
 from fund.deps import ResourcesDep
@@ -22,7 +22,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "PostgreSQL does not answer (same body)"}})
 async def readyz(resources: ResourcesDep) -> JSONResponse:
     """503 when PostgreSQL does not answer; ``degraded`` when only Redis does not."""
     database = "ok"
@@ -39,7 +39,7 @@ async def readyz(resources: ResourcesDep) -> JSONResponse:
     )
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def prometheus_metrics() -> Response:
     body, content_type = metrics.render()
     return Response(body, media_type=content_type)

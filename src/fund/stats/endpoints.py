@@ -6,11 +6,16 @@ from fastapi import APIRouter
 
 from fund.auth.dependencies import StaffUser
 from fund.deps import ResourcesDep, WorkDep
+from fund.errors import Forbidden, NotAuthenticated, Unavailable, documented
 from fund.kit.schemas import CachedJSON
 from fund.stats.schemas import StatsOut
 from fund.stats.service import StatsService
 
-router = APIRouter(prefix="/stats", tags=["stats"])
+router = APIRouter(
+    prefix="/stats",
+    tags=["stats"],
+    responses=documented(NotAuthenticated, Forbidden, Unavailable),
+)
 
 
 @router.get("", response_model=StatsOut)

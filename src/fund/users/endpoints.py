@@ -8,7 +8,16 @@ from fastapi import APIRouter, Query, Response, status
 
 from fund.auth.dependencies import ActorDep, AdminActor, CurrentUser, StaffUser, UserReader
 from fund.deps import UserServiceDep
-from fund.errors import Forbidden
+from fund.errors import (
+    BadCursor,
+    EmailTaken,
+    Forbidden,
+    LastAdmin,
+    NotAuthenticated,
+    NotFound,
+    Unavailable,
+    documented,
+)
 from fund.kit.params import Cursor, Limit, PathId
 from fund.kit.schemas import CachedJSON, PageJSON, PageOut
 from fund.models import Role
@@ -22,10 +31,16 @@ from fund.users.schemas import (
     UserWithAuditRead,
 )
 
-router = APIRouter(prefix="/users", tags=["users"])
+router = APIRouter(
+    prefix="/users", tags=["users"], responses=documented(NotAuthenticated, Unavailable)
+)
 
 
-@router.get("", response_model=PageOut[UserWithAuditRead] | PageOut[UserRead])
+@router.get(
+    "",
+    response_model=PageOut[UserWithAuditRead] | PageOut[UserRead],
+    responses=documented(BadCursor, Forbidden),
+)
 async def list_users(
     _: StaffUser,
     users: UserServiceDep,
@@ -43,7 +58,12 @@ async def list_users(
     return PageJSON(await users.page(filters, limit=limit, cursor=cursor))
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=UserRead)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=UserRead,
+    responses=documented(Forbidden, EmailTaken),
+)
 async def create_user(data: UserCreate, actor: AdminActor, users: UserServiceDep) -> UserRead:
     return await users.create(actor, data)
 
@@ -60,21 +80,29 @@ async def update_me(
     return await users.update(actor, user.id, data)
 
 
-@router.get("/{user_id}", response_model=UserRead)
+@router.get("/{user_id}", response_model=UserRead, responses=documented(Forbidden, NotFound))
 async def read_user(user_id: PathId, caller: UserReader, users: UserServiceDep) -> Response:
     if caller.role is Role.VIEWER and caller.id != user_id:
         raise Forbidden
     return CachedJSON(await users.get_json(user_id))
 
 
-@router.patch("/{user_id}", response_model=UserRead)
+@router.patch(
+    "/{user_id}",
+    response_model=UserRead,
+    responses=documented(Forbidden, NotFound, EmailTaken, LastAdmin),
+)
 async def update_user(
     user_id: PathId, data: UserUpdate, actor: AdminActor, users: UserServiceDep
 ) -> UserRead:
     return await users.update(actor, user_id, data)
 
 
-@router.delete("/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/{user_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=documented(Forbidden, NotFound, LastAdmin),
+)
 async def deactivate_user(user_id: PathId, actor: AdminActor, users: UserServiceDep) -> None:
     """Deactivates the account (`is_active=false`); rows are never removed."""
     await users.deactivate(actor, user_id)
