@@ -276,3 +276,7 @@ async def test_openapi_documents_every_error_a_route_answers_with(
     export = operations[("get", "/api/v1/audit-logs/export")]["responses"]["200"]["content"]
     assert set(export) == {"application/x-ndjson", "text/csv"}
     assert set(operations[("get", "/metrics")]["responses"]["200"]["content"]) == {"text/plain"}
+    # A partial update refuses null (422): its schema must not offer null either.
+    for shape in ("UserUpdate", "UserSelfUpdate"):
+        for name, field in schema["components"]["schemas"][shape]["properties"].items():
+            assert "anyOf" not in field and field.get("type") != "null", (shape, name)

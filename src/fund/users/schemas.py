@@ -14,6 +14,7 @@ from pydantic import (
     StringConstraints,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from fund.audit.schemas import AuditLogRead
 from fund.models import Role
@@ -76,14 +77,18 @@ class _Patch(BaseModel):
         return self.model_dump(exclude_unset=True)
 
 
+# An omitted field: the default only, never a value the client may send (nor shown as one).
+Omitted = SkipJsonSchema[None]
+
+
 class UserUpdate(_Patch):
-    email: Email | None = None
-    full_name: FullName | None = None
-    role: Role | None = None
-    is_active: bool | None = None
-    password: Password | None = None
+    email: Email | Omitted = None
+    full_name: FullName | Omitted = None
+    role: Role | Omitted = None
+    is_active: bool | Omitted = None
+    password: Password | Omitted = None
 
 
 class UserSelfUpdate(_Patch):
-    full_name: FullName | None = None
-    password: Password | None = None
+    full_name: FullName | Omitted = None
+    password: Password | Omitted = None
