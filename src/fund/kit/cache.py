@@ -332,19 +332,6 @@ class Cache:
             (metrics.CACHE_MISSES if value is None else metrics.CACHE_HITS).labels(kind).inc()
         return values
 
-    async def get_or_load(
-        self,
-        kind: str,
-        ident: str | int,
-        ttl: int,
-        load: Callable[[], Awaitable[bytes | None]],
-    ) -> Lookup:
-        """Cache-aside for a row: ``load`` reads the database on a miss (None: no such row)."""
-        cached = await self.get(kind, ident)
-        if cached is not None:
-            return Lookup(cached, hit=True)
-        return Lookup(await self.load_through(kind, ident, ttl, load), hit=False)
-
     async def load_through(
         self,
         kind: str,
@@ -352,7 +339,7 @@ class Cache:
         ttl: int,
         load: Callable[[], Awaitable[bytes | None]],
     ) -> bytes | None:
-        """The miss half of ``get_or_load``: ``load`` the row, then populate its entry."""
+        """Cache-aside's miss: ``load`` the row (None: no such row), then populate its entry."""
         deadline_ms = int(time.time() * 1000) + POPULATE_WINDOW_MS  # taken before the read
         value = await load()
         if value is not None and self._populate is not None:
