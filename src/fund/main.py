@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -10,9 +11,11 @@ from typing import Any
 import asyncpg
 import structlog
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import exc as sa_exc
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fund import __version__
 from fund.audit.endpoints import router as audit_router
@@ -118,6 +121,16 @@ def install_error_handlers(app: FastAPI) -> None:
         # Raised where a service starts a page from the client's cursor (CursorCodec.start).
         return error_response(BadCursor())
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+        if error.status_code == 405:
+            # The router names the methods of the first route whose path matched; a path can
+            # have several (GET and PATCH /users/me), and a 405 must list them all (RFC 9110).
+            allowed = _allowed_methods(request.app, request.scope["path"])
+            if allowed:
+                error.headers = {**(error.headers or {}), "Allow": ", ".join(allowed)}
+        return await http_exception_handler(request, error)
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
         # Inputs are not echoed back: a rejected password must not travel twice.
@@ -184,3 +197,28 @@ def _sqlstate(error: sa_exc.DBAPIError) -> str:
         if isinstance(code, str):
             return code
     return ""
+
+
+def _allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """The methods the API serves at ``path``, read off its OpenAPI paths."""
+    index: list[tuple[re.Pattern[str], frozenset[str]]] | None = getattr(
+        app.state, "allowed_methods", None
+    )
+    if index is None:
+        index = []
+        for template, operations in app.openapi()["paths"].items():
+            integers = {
+                p["name"]
+                for op in operations.values()
+                for p in op.get("parameters", [])
+                if p["in"] == "path" and p["schema"].get("type") == "integer"
+            }
+            # "/users/{user_id}" -> literal text, then a segment: digits for an integer.
+            parts = re.split(r"\{(\w+)\}", template)
+            pattern = "".join(
+                re.escape(part) if i % 2 == 0 else "[0-9]+" if part in integers else "[^/]+"
+                for i, part in enumerate(parts)
+            )
+            index.append((re.compile(pattern), frozenset(m.upper() for m in operations)))
+        app.state.allowed_methods = index
+    return sorted({m for pattern, methods in index if pattern.fullmatch(path) for m in methods})
