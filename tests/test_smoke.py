@@ -1,5 +1,6 @@
 import httpx
 
+from fund.deps import Resources
 from tests.conftest import Account
 
 
@@ -20,15 +21,37 @@ async def test_a_405_lists_every_method_the_path_serves(
 ) -> None:
     # RFC 9110: a 405 carries Allow with the target's methods, not only the first route's.
     for method, path, allowed in (
-        ("OPTIONS", "/api/v1/users/me", "GET, PATCH"),
-        ("PUT", "/api/v1/users/me", "GET, PATCH"),
-        ("PUT", f"/api/v1/users/{admin.id}", "DELETE, GET, PATCH"),
-        ("PUT", "/api/v1/users", "GET, POST"),
-        ("POST", "/api/v1/audit-logs/7", "DELETE, GET"),
-        ("POST", "/api/v1/audit-logs/export", "GET"),
-        ("DELETE", "/healthz", "GET"),
+        ("OPTIONS", "/api/v1/users/me", "GET, HEAD, PATCH"),
+        ("PUT", "/api/v1/users/me", "GET, HEAD, PATCH"),
+        ("PUT", f"/api/v1/users/{admin.id}", "DELETE, GET, HEAD, PATCH"),
+        ("PUT", "/api/v1/users", "GET, HEAD, POST"),
+        ("POST", "/api/v1/audit-logs/7", "DELETE, GET, HEAD"),
+        ("POST", "/api/v1/audit-logs/export", "GET, HEAD"),
+        ("DELETE", "/healthz", "GET, HEAD"),
     ):
         response = await client.request(method, path, headers=admin.headers)
         assert response.status_code == 405, (method, path)
         assert response.headers["allow"] == allowed, (method, path)
         assert response.json() == {"detail": "Method Not Allowed"}
+
+
+async def test_head_is_get_without_the_body(
+    client: httpx.AsyncClient, admin: Account, resources: Resources
+) -> None:
+    for path, headers in (
+        ("/healthz", {}),
+        (f"/api/v1/users/{admin.id}", admin.headers),
+        ("/api/v1/users?limit=5", admin.headers),
+        ("/api/v1/audit-logs/export", admin.headers),  # a streamed body, stopped
+    ):
+        got = await client.get(path, headers=headers)
+        head = await client.head(path, headers=headers)
+        assert (head.status_code, head.content) == (200, b""), path
+        assert got.content, path
+        assert head.headers["content-type"] == got.headers["content-type"], path
+        assert head.headers.get("content-length") == got.headers.get("content-length"), path
+        assert "x-request-id" in head.headers
+    assert resources.engine.pool.checkedout() == 0  # the export's COPY was closed
+    refused = await client.head(f"/api/v1/users/{admin.id}")
+    assert (refused.status_code, refused.content) == (401, b"")
+    assert refused.headers["www-authenticate"] == "Bearer"

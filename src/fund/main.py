@@ -221,4 +221,7 @@ def _allowed_methods(app: FastAPI, path: str) -> list[str]:
             )
             index.append((re.compile(pattern), frozenset(m.upper() for m in operations)))
         app.state.allowed_methods = index
-    return sorted({m for pattern, methods in index if pattern.fullmatch(path) for m in methods})
+    allowed = {m for pattern, methods in index if pattern.fullmatch(path) for m in methods}
+    if "GET" in allowed:
+        allowed.add("HEAD")  # answered by RequestContextMiddleware
+    return sorted(allowed)

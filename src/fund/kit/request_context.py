@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import structlog
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fund.kit import metrics
@@ -33,6 +34,14 @@ MAX_HEADER_BYTES = 64 * 1024
 
 access_log = structlog.get_logger("fund.access")
 error_log = structlog.get_logger("fund.errors")
+
+
+class _HeadAnswered(OSError):
+    """A HEAD's streamed body reached its second chunk: its answer is complete, stop the app.
+
+    An ``OSError``, as a send to a client that has gone: a streaming response treats it
+    like a disconnect (the export closes its COPY), and nothing logs it as an error.
+    """
 
 
 class StreamInterrupted(Exception):
@@ -98,23 +107,24 @@ class RequestContextMiddleware:
         started = False
         interrupted = False
         is_api = scope["path"].startswith("/api/")
+        # HEAD is GET without the body (RFC 9110): routed as GET, its body never sent.
+        head = scope["method"] == "HEAD"
+        app_scope = {**scope, "method": "GET"} if head else scope
+        body_sent = False
         # Behind a TLS-terminating proxy (or when uvicorn serves TLS itself) browsers keep to https.
         hsts = self.hsts or scope.get("scheme") == "https"
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal status, started
+            nonlocal status, started, body_sent
             if message["type"] == "http.response.start":
                 started = True
                 status = message["status"]
-                headers = list(message.get("headers", []))
-                present = {name.lower() for name, _ in headers}
-                headers.append((b"x-request-id", rid.encode()))
-                headers.append((b"x-content-type-options", b"nosniff"))
-                if is_api and b"cache-control" not in present:
-                    headers.append((b"cache-control", b"no-store"))
-                if hsts:
-                    headers.append((b"strict-transport-security", HSTS))
-                message["headers"] = headers
+                message["headers"] = _response_headers(message, rid, api=is_api, hsts=hsts)
+            elif head and message["type"] == "http.response.body":
+                if body_sent:
+                    raise _HeadAnswered("HEAD: the body is not sent")
+                body_sent = True
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
             await send(message)
 
         try:
@@ -122,12 +132,14 @@ class RequestContextMiddleware:
             if rejection is not None:
                 await _send_error(send_with_headers, *rejection)
             else:
-                await self.app(scope, self._limited(receive), send_with_headers)
+                await self.app(app_scope, self._limited(receive), send_with_headers)
         except StreamInterrupted:
             if not started:
                 raise
             interrupted = True
         except Exception as error:
+            if head and body_sent and isinstance(error, _HeadAnswered | ClientDisconnect):
+                return  # the HEAD was answered; the streamed body behind it was stopped
             if started:
                 raise  # too late for an error response; uvicorn closes the connection
             # Answered here rather than by Starlette's outer error middleware, so that this
@@ -135,7 +147,13 @@ class RequestContextMiddleware:
             error_log.exception("unhandled_error", error=type(error).__name__)
             await _send_error(send_with_headers, 500, "Internal server error")
         finally:
-            _record(scope, status, time.perf_counter() - start, interrupted=interrupted)
+            _record(
+                app_scope,
+                scope["method"],
+                status,
+                time.perf_counter() - start,
+                interrupted=interrupted,
+            )
             _request_id.reset(token)
             _user_id.reset(user_token)
 
@@ -174,10 +192,24 @@ class RequestContextMiddleware:
         return limited_receive
 
 
-def _record(scope: Scope, status: int, elapsed: float, *, interrupted: bool) -> None:
-    """The request's metrics and its access log line."""
+def _response_headers(
+    start: Message, rid: str, *, api: bool, hsts: bool
+) -> list[tuple[bytes, bytes]]:
+    """The response's headers with those every answer carries."""
+    headers = list(start.get("headers", []))
+    present = {name.lower() for name, _ in headers}
+    headers.append((b"x-request-id", rid.encode()))
+    headers.append((b"x-content-type-options", b"nosniff"))
+    if api and b"cache-control" not in present:
+        headers.append((b"cache-control", b"no-store"))
+    if hsts:
+        headers.append((b"strict-transport-security", HSTS))
+    return headers
+
+
+def _record(scope: Scope, method: str, status: int, elapsed: float, *, interrupted: bool) -> None:
+    """The request's metrics and its access log line (``scope``: as the router saw it)."""
     route = route_template(scope)
-    method = scope["method"]
     metrics.REQUESTS.labels(method, route, str(status)).inc()
     metrics.LATENCY.labels(method, route).observe(elapsed)
     fields: dict[str, Any] = {
