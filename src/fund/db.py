@@ -252,6 +252,9 @@ async def _own_connection(
             if settings is not None:
                 await driver.execute("COMMIT")
         except BaseException:
+            # Closed at once: SQLAlchemy's invalidation first tries a graceful close, which
+            # waits 2 s on a connection mid-COPY while PostgreSQL goes on writing the rows.
+            driver.terminate()
             with anyio.CancelScope(shield=True):
                 await connection.invalidate()
             raise
