@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fund.bench import add_arguments, run_bench
+from fund.bench import add_arguments, http, run_bench
 from fund.bench.database import drop_bench_database, prepare_bench_database
 from fund.bench.http import parse_wrk
 from fund.bench.report import CHARTS
@@ -170,3 +170,27 @@ Transfer/sec:      1.80MB
 
 def test_an_unknown_scenario_is_refused_before_anything_runs(bench_settings: Settings) -> None:
     assert run_bench(bench_settings, _bench_args("--only", "search,teleport")) == 2
+
+
+async def test_the_python_load_generator_measures_a_real_server(
+    database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    # The full run above takes wrk where it is installed; without wrk (a newcomer's machine,
+    # `apt-get install wrk` not done) the bench loads the server with this generator.
+    env = {
+        **os.environ,
+        "FUND_DATABASE_URL": database_url,
+        "FUND_REDIS_URL": redis_url,
+        "FUND_SECRET_KEY": SECRET,
+        "FUND_DATA_DIR": str(tmp_path),
+        "FUND_LOG_LEVEL": "WARNING",
+    }
+    route = http.Route("ping", "/healthz", ("/healthz",), authenticated=False)
+    async with http.running_server(env, 1) as server:
+        result, generator, command = await http.load(
+            server.port, route, "", seconds=1.0, connections=2, use_wrk=False
+        )
+    assert generator.startswith("built-in asyncio keep-alive client")
+    assert command.startswith("python -m fund.bench.loadgen")
+    assert result.requests > 0 and result.errors == 0
+    assert result.rps > 0 and 0 < result.p50_ms <= result.p99_ms
