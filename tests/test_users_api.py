@@ -140,6 +140,9 @@ BAD_CREATES: dict[str, Any] = {
     "empty-full-name": new_user(full_name="   "),
     "full-name-too-long": new_user(full_name="x" * 201),
     "is-active-not-bool": new_user(is_active="maybe"),
+    # JSON has booleans: a number or a string for one is a client's bug, not a value.
+    "is-active-zero": new_user(is_active=0),
+    "is-active-string": new_user(is_active="false"),
     "email-not-string": new_user(email=["a@example.com"]),
     "null-email": new_user(email=None),
     "array-body": [new_user()],
@@ -301,6 +304,8 @@ BAD_PATCHES: dict[str, Any] = {
     "short-password": {"password": "short"},
     "bad-role": {"role": "GOD"},
     "bad-email": {"email": "nope"},
+    "is-active-zero": {"is_active": 0},
+    "is-active-string": {"is_active": "false"},
     "not-object": ["role", "ADMIN"],
 }
 

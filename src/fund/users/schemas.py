@@ -11,6 +11,7 @@ from pydantic import (
     ConfigDict,
     EmailStr,
     Field,
+    StrictBool,
     StringConstraints,
     model_validator,
 )
@@ -56,7 +57,7 @@ class UserCreate(BaseModel):
     password: Password
     full_name: FullName
     role: Role = Role.VIEWER
-    is_active: bool = True
+    is_active: StrictBool = True
 
 
 class _Patch(BaseModel):
@@ -85,7 +86,7 @@ class UserUpdate(_Patch):
     email: Email | Omitted = None
     full_name: FullName | Omitted = None
     role: Role | Omitted = None
-    is_active: bool | Omitted = None
+    is_active: StrictBool | Omitted = None
     password: Password | Omitted = None
 
 
