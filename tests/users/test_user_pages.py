@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import event, text
 
@@ -242,6 +242,15 @@ def exactly_once_in_order(walk: list[int], keys: dict[int, Key], stable: set[int
     limit=st.integers(min_value=1, max_value=5),
     during=steps,
 )
+# Found by a CI run: the only VIEWER shown so far becomes ADMIN, so the next page has
+# nothing before it (its prev_cursor is null, as for a first page).
+@example(
+    initial=[NewRow(0, "ADMIN", False, False), NewRow(1, "VIEWER", False, False)]
+    + [NewRow(0, "ADMIN", False, False)] * 3,
+    filters={"role": "VIEWER"},
+    limit=1,
+    during=[[NewRow(0, "VIEWER", False, False)], [Change(1, "ADMIN", None, None)]],
+)
 async def test_walks_see_every_steady_row_once_while_rows_are_added_and_changed(
     client: httpx.AsyncClient,
     resources: Resources,
@@ -261,7 +270,13 @@ async def test_walks_see_every_steady_row_once_while_rows_are_added_and_changed(
     walk = [i for page in pages for i in walker.ids(page)]
     exactly_once_in_order(walk, walker.keys, set.intersection(*walker.snapshots))
     assert pages[0]["prev_cursor"] is None
-    assert all(page["prev_cursor"] is not None for page in pages[1:] if walker.ids(page))
+    # A later page leads back while a row shown before it still matches; when every such row
+    # has left the filter, nothing precedes it any more and it is the list's first page.
+    shown: set[int] = set()
+    for page, members in zip(pages, walker.snapshots, strict=True):
+        if shown & members:
+            assert page["prev_cursor"] is not None
+        shown.update(walker.ids(page))
 
     # Back to the start from the last page, still under change.
     last = pages[-1]
