@@ -326,6 +326,7 @@ async def _http_scenarios(
             for route in routes:
                 if "cursor=None" in route.paths[0]:
                     continue  # too little data for a page past the first
+                await http.prime(server.port, route, token)
                 if not args.quick:  # a smoke run skips the warm-up that steadies the figures
                     await http.load(
                         server.port,

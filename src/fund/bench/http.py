@@ -14,11 +14,13 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import IO
 
 import psutil
 
@@ -26,6 +28,7 @@ from fund.bench.loadgen import HttpConnection, LoadResult
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 60.0
+PRIME_TIMEOUT = 120.0
 REQUEST_TIMEOUT = 30.0
 
 
@@ -88,11 +91,16 @@ def free_port() -> int:
 class Server:
     """``fund serve --workers N`` on a free loopback port, for the length of a block."""
 
-    def __init__(self, env: dict[str, str], workers: int) -> None:
+    def __init__(self, env: dict[str, str], workers: int, stderr: IO[bytes]) -> None:
         self.env = env
         self.workers = workers
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        # A file, not a pipe: nobody reads a pipe while the server runs, and a full one
+        # would stop the server at its next log line.
+        self._stderr = stderr
+        self.log = ""
+        """What the server wrote to stderr (warnings and errors), once it has stopped."""
 
     @property
     def command(self) -> list[str]:
@@ -115,13 +123,14 @@ class Server:
             self.command,
             env=self.env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=self._stderr,
         )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                err = self.process.stderr.read().decode() if self.process.stderr else ""
-                raise RuntimeError(f"fund serve exited with {self.process.returncode}: {err}")
+                raise RuntimeError(
+                    f"fund serve exited with {self.process.returncode}: {self._read_log()}"
+                )
             try:
                 connection = await HttpConnection(HOST, self.port).open()
             except OSError:
@@ -165,6 +174,7 @@ class Server:
     def stop(self) -> None:
         """SIGTERM to the server (uvicorn stops its workers); whatever it leaves is killed."""
         if self.process is None or self.process.poll() is not None:
+            self.log = self._read_log()
             return
         try:
             workers = psutil.Process(self.process.pid).children(recursive=True)
@@ -181,18 +191,25 @@ class Server:
                 worker.kill()
             except psutil.NoSuchProcess:
                 continue
-        if self.process.stderr is not None:
-            self.process.stderr.close()
+        self.log = self._read_log()
+
+    def _read_log(self) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace")
 
 
 @asynccontextmanager
 async def running_server(env: dict[str, str], workers: int) -> AsyncIterator[Server]:
-    server = Server(env, workers)
-    try:
-        await server.start()
-        yield server
-    finally:
-        server.stop()
+    with tempfile.TemporaryFile() as stderr:
+        server = Server(env, workers, stderr)
+        try:
+            await server.start()
+            yield server
+        finally:
+            server.stop()
+            # Warnings a run must not hide (the server logs at WARNING): the last few, shown.
+            for line in server.log.splitlines()[-20:]:
+                print(f"  · fund serve: {line}", file=sys.stderr, flush=True)
 
 
 async def login(port: int, email: str, password: str) -> str:
@@ -363,6 +380,22 @@ def parse_wrk(output: str) -> LoadResult:
         p99_ms=latency("99"),
         failures={"non-2xx/3xx": int(errors.group(1))} if errors else {},
     )
+
+
+async def prime(port: int, route: Route, token: str) -> None:
+    """One request, waited for, before a route's load: a cold cache entry is built here,
+    not inside the measured run (a cold ``/stats`` takes seconds at 10M entries, and every
+    request of the run would wait for it)."""
+    headers = {"Authorization": f"Bearer {token}"} if route.authenticated else {}
+    connection = await HttpConnection(HOST, port).open()
+    try:
+        response = await asyncio.wait_for(
+            connection.request("GET", route.paths[0], headers), timeout=PRIME_TIMEOUT
+        )
+    finally:
+        await connection.close()
+    if response.status != 200:
+        raise RuntimeError(f"{route.paths[0]}: {response.status} {response.body[:200]!r}")
 
 
 async def load(

@@ -413,8 +413,10 @@ def _markdown(run: BenchRun, chart_names: list[str]) -> list[str]:
         "- N+1 and include are wall-clock times of a fresh session each, through the "
         "repositories, statements counted on the engine.",
         "- HTTP figures come from `fund serve` started on a free loopback port against the "
-        "bench database, with a token from `POST /api/v1/auth/token`. Each route gets a "
-        "warm-up run before the measured one (not in a `--quick` run).",
+        "bench database, with a token from `POST /api/v1/auth/token`. Each route is first "
+        "asked once and answered (a cold cache entry is built then: `/stats` takes seconds "
+        "at 10M entries), then gets a warm-up run before the measured one (not in a "
+        "`--quick` run). The server logs at WARNING; what it logged is printed after it stops.",
         "",
     ]
     return lines
