@@ -322,6 +322,7 @@ async def driver_copy(
             await chunks.put(None)
 
         copying = asyncio.ensure_future(copy())
+        chunk: asyncio.Future[bytes | None] | None = None
         try:
             while True:
                 chunk = asyncio.ensure_future(chunks.get())
@@ -336,6 +337,8 @@ async def driver_copy(
                 yield data
             await copying
         finally:
+            if chunk is not None and not chunk.done():  # left while waiting for a chunk
+                chunk.cancel()
             if not copying.done():  # the reader left, or failed: the COPY ends before the
                 copying.cancel()  # connection is retired
                 with anyio.CancelScope(shield=True):

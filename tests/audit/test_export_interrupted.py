@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 from contextlib import aclosing
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
@@ -217,3 +218,12 @@ async def test_a_client_gone_before_the_first_byte_frees_the_export_at_once(
     # No await in between: nothing but the response itself can have closed the export.
     assert pool.checkedout() == 0  # type: ignore[attr-defined]
     assert await no_copy_left(resources)
+    # Nor a task waiting for the next chunk: asyncio would log "Task was destroyed but it is
+    # pending!" at an error level when the garbage collector finds it.
+    await asyncio.sleep(0)
+    waiting = [t for t in asyncio.all_tasks() if not t.done() and _waits_for_a_chunk(t)]
+    assert waiting == []
+
+
+def _waits_for_a_chunk(task: asyncio.Task[Any]) -> bool:
+    return getattr(task.get_coro(), "__qualname__", "") == "Queue.get"
