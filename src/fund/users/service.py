@@ -65,6 +65,8 @@ class UserService:
         """The user by id as ``UserRead`` JSON, as the cache holds it (no parse on a hit)."""
         if user_id in self._read:
             cached = self._read.pop(user_id)
+        elif not self._ahead:  # every request's caller read: nothing asked ahead
+            cached = (await self.cache.get_many(CACHE_KIND, (user_id,)))[0]
         else:
             ahead, self._ahead = self._ahead, set()
             ids = [user_id, *(ahead - {user_id})]
