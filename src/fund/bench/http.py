@@ -212,21 +212,37 @@ async def running_server(env: dict[str, str], workers: int) -> AsyncIterator[Ser
                 print(f"  · fund serve: {line}", file=sys.stderr, flush=True)
 
 
-async def login(port: int, email: str, password: str) -> str:
+async def _answer(
+    port: int,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body: bytes = b"",
+) -> bytes:
+    """One request on a connection of its own; its body, or an error unless it is a 200."""
     connection = await HttpConnection(HOST, port).open()
     try:
-        body = urllib.parse.urlencode({"username": email, "password": password}).encode()
-        response = await connection.request(
-            "POST",
-            "/api/v1/auth/token",
-            {"Content-Type": "application/x-www-form-urlencoded"},
-            body,
-        )
+        response = await connection.request(method, path, headers, body)
     finally:
         await connection.close()
     if response.status != 200:
-        raise RuntimeError(f"bench login failed: {response.status} {response.body[:200]!r}")
-    return str(json.loads(response.body)["access_token"])
+        raise RuntimeError(f"{method} {path}: {response.status} {response.body[:200]!r}")
+    return response.body
+
+
+async def login(port: int, email: str, password: str) -> str:
+    body = await _answer(
+        port,
+        "POST",
+        "/api/v1/auth/token",
+        {"Content-Type": "application/x-www-form-urlencoded"},
+        sign_in_form(email, password),
+    )
+    return str(json.loads(body)["access_token"])
+
+
+def sign_in_form(email: str, password: str) -> bytes:
+    return urllib.parse.urlencode({"username": email, "password": password}).encode()
 
 
 def _percentile(values: Sequence[float], q: int) -> float:
@@ -387,15 +403,8 @@ async def prime(port: int, route: Route, token: str) -> None:
     not inside the measured run (a cold ``/stats`` takes seconds at 10M entries, and every
     request of the run would wait for it)."""
     headers = {"Authorization": f"Bearer {token}"} if route.authenticated else {}
-    connection = await HttpConnection(HOST, port).open()
-    try:
-        response = await asyncio.wait_for(
-            connection.request("GET", route.paths[0], headers), timeout=PRIME_TIMEOUT
-        )
-    finally:
-        await connection.close()
-    if response.status != 200:
-        raise RuntimeError(f"{route.paths[0]}: {response.status} {response.body[:200]!r}")
+    async with asyncio.timeout(PRIME_TIMEOUT):
+        await _answer(port, "GET", route.paths[0], headers)
 
 
 async def load(

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import structlog
 from fastapi import FastAPI
 
+from fund.bench.http import sign_in_form
 from fund.config import Settings
 from fund.main import create_app
 
@@ -127,13 +128,12 @@ async def _measure(
 ) -> dict[str, float]:
     costs: dict[str, float] = {}
     async with app.router.lifespan_context(app):
-        form = f"username={email}&password={password}".encode()
         status, body = await _call(
             app,
             "POST",
             "/api/v1/auth/token",
             [(b"content-type", b"application/x-www-form-urlencoded")],
-            form,
+            sign_in_form(email, password),
         )
         if status != 200:
             raise RuntimeError(f"in-process sign-in failed: {status} {body[:200]!r}")
