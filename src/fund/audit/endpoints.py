@@ -7,18 +7,24 @@ from contextlib import aclosing
 from typing import Annotated
 
 import structlog
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Depends, Query, status
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from fund.audit import export
-from fund.audit.schemas import AuditFilters, AuditLogRead, ExportFormat
+from fund.audit.schemas import (
+    AUDIT_LIST_QUERY,
+    AuditFilters,
+    AuditListQuery,
+    AuditLogRead,
+    ExportFormat,
+)
 from fund.audit.service import AuditService
 from fund.auth.dependencies import AdminActor, AdminUser
 from fund.db import UnitOfWork
 from fund.deps import AuditServiceDep, Resources, ResourcesDep
 from fund.errors import BadCursor, Forbidden, NotAuthenticated, NotFound, Unavailable, documented
-from fund.kit.params import Cursor, Limit, PathId
+from fund.kit.params import PathId
 from fund.kit.request_context import StreamInterrupted
 from fund.kit.schemas import PageJSON, PageOut
 
@@ -32,16 +38,19 @@ router = APIRouter(
 Filters = Annotated[AuditFilters, Query()]
 
 
-@router.get("", response_model=PageOut[AuditLogRead], responses=documented(BadCursor))
+@router.get(
+    "",
+    response_model=PageOut[AuditLogRead],
+    responses=documented(BadCursor),
+    openapi_extra=AUDIT_LIST_QUERY.openapi,
+)
 async def list_audit_logs(
-    filters: Filters,
     _: AdminUser,
+    query: Annotated[AuditListQuery, Depends(AUDIT_LIST_QUERY)],
     audit: AuditServiceDep,
-    limit: Limit = 20,
-    cursor: Cursor = None,
 ) -> PageJSON:
     """Newest first (`timestamp DESC, id DESC`); `since` inclusive, `until` exclusive."""
-    return PageJSON(await audit.page(filters, limit=limit, cursor=cursor))
+    return PageJSON(await audit.page(query.filters, limit=query.limit, cursor=query.cursor))
 
 
 @router.get(

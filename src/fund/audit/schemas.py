@@ -10,6 +10,8 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_serializer, field_validator
 
+from fund.kit.params import PageQuery, QueryModel
+
 
 def rfc3339(moment: datetime) -> str:
     """The one rendering of an entry's time, in the API and the export alike: UTC, ``Z``, µs."""
@@ -100,3 +102,17 @@ class AuditFilters(BaseModel):
             return value.astimezone(UTC)
         except OverflowError as exc:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
             raise ValueError("out of range") from exc
+
+
+class AuditListQuery(PageQuery, AuditFilters):
+    """The query string of ``GET /audit-logs``: the filters, then the page."""
+
+    @property
+    def filters(self) -> AuditFilters:
+        """The filters alone (a cursor's scope), as validated here."""
+        return AuditFilters.model_construct(
+            **{name: getattr(self, name) for name in AuditFilters.model_fields}
+        )
+
+
+AUDIT_LIST_QUERY = QueryModel(AuditListQuery)

@@ -1,17 +1,89 @@
-"""Query parameters every list shares."""
+"""Request parameters: those every list shares, and query strings read whole into a model."""
 
-from typing import Annotated
+from __future__ import annotations
 
-from fastapi import Path, Query
+from typing import Annotated, Any, Generic, TypeVar
 
-Limit = Annotated[int, Query(ge=1, le=100, description="Page size, 1..100")]
-Cursor = Annotated[
-    str | None,
-    Query(
-        description="`next_cursor` or `prev_cursor` of a previous page of the same query; "
-        "anything else, the empty string included, is refused with 400",
-        # Documented, not enforced here: a cursor that is not one is a 400 (API.md), not a 422.
-        json_schema_extra={"minLength": 1},
-    ),
-]
+from fastapi import Path, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+PAGE_SIZE = "Page size, 1..100"
+CURSOR = (
+    "`next_cursor` or `prev_cursor` of a previous page of the same query; "
+    "anything else, the empty string included, is refused with 400"
+)
 PathId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+
+
+class PageQuery(BaseModel):
+    """The query parameters of a page of any list; a list's own query model extends it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    limit: int = Field(default=20, ge=1, le=100, description=PAGE_SIZE)
+    # Its minLength is documented, not enforced here: a cursor that is not one is a 400
+    # (API.md), not a 422.
+    cursor: str | None = Field(default=None, description=CURSOR, json_schema_extra={"minLength": 1})
+
+
+class QueryModel(Generic[M]):
+    """A dependency that reads a route's whole query string into ``model``, in one call.
+
+    FastAPI reads declared query parameters one by one and inspects each one's type again
+    on every request: about 28 µs of a worker's CPU a parameter here, 0.17 ms of the
+    1.06 ms that ``GET /users`` cost in-process with six of them (measured side by side,
+    the same route with and without them declared). The hottest lists read theirs here
+    instead: the same validation, by the same rules (pydantic's, lax as for any query
+    value), in one ``model_validate``. FastAPI no longer sees the parameters, so the route
+    documents them itself: pass ``openapi`` as its ``openapi_extra``. A refusal is the 422
+    FastAPI's own would be (each error at ``["query", name]``, all errors at once), and
+    unknown parameters are ignored as before.
+    """
+
+    def __init__(self, model: type[M]) -> None:
+        self.model = model
+        self.openapi: dict[str, Any] = {"parameters": query_parameters(model)}
+
+    async def __call__(self, request: Request) -> M:
+        try:
+            # A repeated parameter counts once, its last value, as FastAPI reads a scalar.
+            return self.model.model_validate(dict(request.query_params))
+        except ValidationError as exc:
+            raise RequestValidationError(
+                [{**e, "loc": ("query", *e["loc"])} for e in exc.errors(include_url=False)]
+            ) from None
+
+
+def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """OpenAPI's description of ``model``'s fields as query parameters, self-contained
+    (the schemas of enums written in place, not referred to)."""
+    schema = model.model_json_schema()
+    definitions = schema.get("$defs", {})
+    required = set(schema.get("required", ()))
+    parameters = []
+    for name, prop in schema["properties"].items():
+        parameter: dict[str, Any] = {
+            "name": name,
+            "in": "query",
+            "required": name in required,
+            # FastAPI's title when pydantic gives none (a field whose schema is a reference).
+            "schema": {"title": name.replace("_", " ").title(), **_inlined(prop, definitions)},
+        }
+        if "description" in prop:
+            parameter["description"] = prop["description"]
+        parameters.append(parameter)
+    return parameters
+
+
+def _inlined(node: Any, definitions: dict[str, Any]) -> Any:
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return _inlined(definitions[ref.removeprefix("#/$defs/")], definitions)
+        return {key: _inlined(value, definitions) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_inlined(item, definitions) for item in node]
+    return node

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Depends, Response, status
 
 from fund.auth.dependencies import ActorDep, AdminActor, CurrentUser, StaffUser, UserReader
 from fund.deps import UserServiceDep
@@ -18,13 +18,14 @@ from fund.errors import (
     Unavailable,
     documented,
 )
-from fund.kit.params import Cursor, Limit, PathId
+from fund.kit.params import PathId
 from fund.kit.schemas import CachedJSON, PageJSON, PageOut
 from fund.models import Role
 from fund.users.repository import UserFilters
 from fund.users.schemas import (
-    NO_NUL,
+    USER_LIST_QUERY,
     UserCreate,
+    UserListQuery,
     UserRead,
     UserSelfUpdate,
     UserUpdate,
@@ -40,22 +41,18 @@ router = APIRouter(
     "",
     response_model=PageOut[UserWithAuditRead] | PageOut[UserRead],
     responses=documented(BadCursor, Forbidden),
+    openapi_extra=USER_LIST_QUERY.openapi,
 )
 async def list_users(
     _: StaffUser,
+    query: Annotated[UserListQuery, Depends(USER_LIST_QUERY)],
     users: UserServiceDep,
-    limit: Limit = 20,
-    cursor: Cursor = None,
-    role: Role | None = None,
-    is_active: bool | None = None,
-    q: Annotated[str | None, Query(min_length=1, max_length=100, pattern=NO_NUL)] = None,
-    include: Annotated[Literal["audit_logs"] | None, Query()] = None,
 ) -> PageJSON | PageOut[UserWithAuditRead]:
     """Newest first (`created_at DESC, id DESC`), in cursor pages."""
-    filters = UserFilters(role=role, is_active=is_active, q=q)
-    if include == "audit_logs":
-        return await users.page_with_audit_logs(filters, limit=limit, cursor=cursor)
-    return PageJSON(await users.page(filters, limit=limit, cursor=cursor))
+    filters = UserFilters(role=query.role, is_active=query.is_active, q=query.q)
+    if query.include == "audit_logs":
+        return await users.page_with_audit_logs(filters, limit=query.limit, cursor=query.cursor)
+    return PageJSON(await users.page(filters, limit=query.limit, cursor=query.cursor))
 
 
 @router.post(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -18,6 +18,7 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from fund.audit.schemas import AuditLogRead
+from fund.kit.params import PageQuery, QueryModel
 from fund.models import Role
 
 MIN_PASSWORD = 12
@@ -30,6 +31,18 @@ NO_NUL = r"^[^\x00]*$"
 FullName = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=NO_NUL)
 ]
+
+
+class UserListQuery(PageQuery):
+    """The query string of ``GET /users``."""
+
+    role: Role | None = None
+    is_active: bool | None = None
+    q: str | None = Field(default=None, min_length=1, max_length=100, pattern=NO_NUL)
+    include: Literal["audit_logs"] | None = None
+
+
+USER_LIST_QUERY = QueryModel(UserListQuery)
 
 
 class UserRead(BaseModel):
