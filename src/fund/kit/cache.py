@@ -75,11 +75,18 @@ def key(kind: str, ident: str | int) -> str:
     return f"{NAMESPACE}:{kind}:{ident}"
 
 
-def create_redis(url: str, socket_timeout: float) -> Redis:
+def create_redis(url: str, connect_timeout: float) -> Redis:
+    """The client: no retry, no health-check pings, at most ``MAX_REDIS_CALLS`` connections.
+
+    No socket timeout: with one, redis-py bounds every send with ``asyncio.wait_for``, a
+    task per command (a seventh of a GET's client CPU here). ``Cache`` bounds each call
+    whole instead (``asyncio.timeout``, no task); a call cut short closes its connection
+    (redis-py drops a connection whose reply was not read), so no reply is left to be
+    read by the next command.
+    """
     return Redis.from_url(
         url,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=socket_timeout,
+        socket_connect_timeout=connect_timeout,
         retry=Retry(NoBackoff(), 0),
         health_check_interval=0,
         max_connections=MAX_REDIS_CALLS,
@@ -168,11 +175,14 @@ class Cache:
         self,
         redis: Redis | None,
         *,
+        timeout: float = 0.05,
         cooldown: float = 2.0,
         invalidation_log: InvalidationLog | None = None,
         lease: float = TRUST_LEASE,
     ) -> None:
         self.redis = redis
+        self.timeout = timeout
+        """Seconds one Redis call may take, from sending to its reply."""
         self.cooldown = cooldown
         self.invalidation_log = invalidation_log
         self.lease = lease
@@ -221,7 +231,8 @@ class Cache:
                 self.calls += 1
                 if self.pending:
                     await self._flush_pending(redis)
-                result = await op(redis)
+                async with asyncio.timeout(self.timeout):
+                    result = await op(redis)
         except (TimeoutError, RedisError, OSError) as exc:
             metrics.CACHE_ERRORS.inc()
             self._failures += 1
@@ -247,12 +258,13 @@ class Cache:
             if not written:
                 return
             keys = list(written)
-            # In batches: after a long outage, one huge pipeline could outlast the socket timeout.
+            # In batches: after a long outage, one huge pipeline could outlast the timeout.
             for start in range(0, len(keys), FLUSH_BATCH):
                 pipe = redis.pipeline(transaction=False)
                 for k in keys[start : start + FLUSH_BATCH]:
                     pipe.set(k, TOMBSTONE, px=TOMBSTONE_MS)
-                await pipe.execute()
+                async with asyncio.timeout(self.timeout):
+                    await pipe.execute()
                 for k in keys[start : start + FLUSH_BATCH]:
                     if self.pending.get(k, written[k]) == written[k]:  # not failed again since
                         self.pending.pop(k, None)
@@ -302,8 +314,9 @@ class Cache:
         return (await self._read_many(kind, (ident,)))[0]
 
     async def _read_many(self, kind: str, idents: Sequence[str | int]) -> list[bytes | None]:
-        """``_read`` for several entries in one round trip (a pipeline of GETs, not MGET:
-        the keys may live on different Redis Cluster nodes)."""
+        """``_read`` for several entries in one round trip: one ``MGET`` (client CPU here,
+        per call: ``GET`` 106 µs, ``MGET`` of two 128 µs, a pipeline of two GETs 159 µs).
+        The client is a plain one, whose keys live on one server, not a Cluster client."""
         if not self.available or not await self._trusted():
             return [None] * len(idents)
         keys = [key(kind, ident) for ident in idents]
@@ -311,10 +324,7 @@ class Cache:
         async def op(r: Redis) -> list[bytes | None]:
             if len(keys) == 1:
                 return [cast("bytes | None", await r.get(keys[0]))]
-            pipe = r.pipeline(transaction=False)
-            for k in keys:
-                pipe.get(k)
-            return cast("list[bytes | None]", await pipe.execute())
+            return cast("list[bytes | None]", await r.mget(keys))
 
         try:
             values = await self._call(op)
