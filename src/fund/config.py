@@ -61,8 +61,7 @@ class Settings(BaseSettings):
     db_connect_timeout: float = Field(default=5.0, gt=0)
     db_statement_timeout_ms: int = Field(default=15_000, ge=0)
     redis_socket_timeout: float = Field(default=0.05, gt=0)
-    """Seconds a Redis call may take, from sending to its reply (and to connect): a hung Redis
-    costs at most this per call."""
+    """Redis socket timeout in seconds: a hung Redis costs at most this per call."""
     redis_breaker_cooldown: float = Field(default=2.0, gt=0)
     """Seconds the cache stays bypassed after a failure before Redis is probed again."""
 

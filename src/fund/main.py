@@ -52,7 +52,6 @@ def build_resources(settings: Settings) -> Resources:
     redis = create_redis(settings.effective_redis_url(), settings.redis_socket_timeout)
     cache = Cache(
         redis,
-        timeout=settings.redis_socket_timeout,
         cooldown=settings.redis_breaker_cooldown,
         invalidation_log=InvalidationLog(
             asyncpg_dsn(settings.database_url), timeout=settings.db_connect_timeout
