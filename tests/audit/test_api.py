@@ -256,6 +256,7 @@ BAD_FILTERS = (
     "resource_type=account",
     "resource_id=",
     "resource_id=" + "x" * 65,
+    "resource_id=a%00b",  # PostgreSQL text cannot hold NUL: refused by the schema, not the database
     "include_deleted=maybe",
     "limit=0",
     "limit=101",

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_serializer, field_validator
 
-from fund.kit.params import PageQuery, QueryModel
+from fund.kit.params import NO_NUL, PageQuery, QueryModel
 
 
 def rfc3339(moment: datetime) -> str:
@@ -74,7 +74,7 @@ class AuditFilters(BaseModel):
     user_id: int | None = Field(default=None, ge=1, le=2**63 - 1)
     action: Action | None = None
     resource_type: ResourceType | None = None
-    resource_id: str | None = Field(default=None, min_length=1, max_length=64)
+    resource_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=NO_NUL)
     since: AwareDatetime | None = None
     until: AwareDatetime | None = None
     include_deleted: bool = False

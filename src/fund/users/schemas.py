@@ -18,7 +18,7 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from fund.audit.schemas import AuditLogRead
-from fund.kit.params import PageQuery, QueryModel
+from fund.kit.params import NO_NUL, PageQuery, QueryModel
 from fund.models import Role
 
 MIN_PASSWORD = 12
@@ -26,8 +26,6 @@ MAX_PASSWORD = 256
 
 Email = Annotated[EmailStr, Field(max_length=320), AfterValidator(str.lower)]
 Password = Annotated[str, Field(min_length=MIN_PASSWORD, max_length=MAX_PASSWORD)]
-# PostgreSQL text cannot hold NUL; refuse it here as a 422 rather than at the database.
-NO_NUL = r"^[^\x00]*$"
 FullName = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=NO_NUL)
 ]
