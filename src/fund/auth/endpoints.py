@@ -13,6 +13,7 @@ from fund.auth.service import AuthService
 from fund.deps import AnonymousActorDep, ResourcesDep, WorkDep
 from fund.errors import (
     InvalidCredentials,
+    MalformedBody,
     TooManyAttempts,
     Unavailable,
     documented,
@@ -25,7 +26,7 @@ router = APIRouter(prefix="/auth", tags=["auth"])
 @router.post(
     "/token",
     response_model=TokenOut,
-    responses=documented(InvalidCredentials, TooManyAttempts, Unavailable),
+    responses=documented(MalformedBody, InvalidCredentials, TooManyAttempts, Unavailable),
 )
 async def issue_token(
     form: Annotated[OAuth2PasswordRequestForm, Depends()],
