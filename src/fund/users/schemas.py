@@ -15,7 +15,6 @@ from pydantic import (
     StringConstraints,
     model_validator,
 )
-from pydantic.json_schema import SkipJsonSchema
 
 from fund.audit.schemas import AuditLogRead
 from fund.kit.params import NO_NUL, PageQuery, QueryModel
@@ -89,18 +88,26 @@ class _Patch(BaseModel):
         return self.model_dump(exclude_unset=True)
 
 
-# An omitted field: the default only, never a value the client may send (nor shown as one).
-Omitted = SkipJsonSchema[None]
+def _unchanged() -> Any:
+    """An omitted field's default (None, never validated): not a value a client may send, nor
+    shown as one. The field's type stays the value's alone, so a refused value is reported
+    at the field itself, not once per member of a ``T | None`` union whose names spell out
+    pydantic's validators."""
+    return Field(default=None, json_schema_extra=_without_default)
+
+
+def _without_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
 
 
 class UserUpdate(_Patch):
-    email: Email | Omitted = None
-    full_name: FullName | Omitted = None
-    role: Role | Omitted = None
-    is_active: StrictBool | Omitted = None
-    password: Password | Omitted = None
+    email: Email = _unchanged()
+    full_name: FullName = _unchanged()
+    role: Role = _unchanged()
+    is_active: StrictBool = _unchanged()
+    password: Password = _unchanged()
 
 
 class UserSelfUpdate(_Patch):
-    full_name: FullName | Omitted = None
-    password: Password | Omitted = None
+    full_name: FullName = _unchanged()
+    password: Password = _unchanged()
