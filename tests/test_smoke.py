@@ -27,12 +27,17 @@ async def test_a_405_lists_every_method_the_path_serves(
         ("PUT", "/api/v1/users", "GET, HEAD, POST"),
         ("POST", "/api/v1/audit-logs/7", "DELETE, GET, HEAD"),
         ("POST", "/api/v1/audit-logs/export", "GET, HEAD"),
+        # Literal paths beside a parameter's route that serves the method: not a 422 for the id.
+        ("DELETE", "/api/v1/users/me", "GET, HEAD, PATCH"),
+        ("DELETE", "/api/v1/audit-logs/export", "GET, HEAD"),
         ("DELETE", "/healthz", "GET, HEAD"),
     ):
         response = await client.request(method, path, headers=admin.headers)
         assert response.status_code == 405, (method, path)
         assert response.headers["allow"] == allowed, (method, path)
         assert response.json() == {"detail": "Method Not Allowed"}
+        # Whoever asks: the method is wrong before the caller is checked.
+        assert (await client.request(method, path)).status_code == 405, (method, path)
 
 
 async def test_head_is_get_without_the_body(

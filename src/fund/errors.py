@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
 class FundError(Exception):
@@ -104,3 +105,12 @@ def documented(*errors: type[FundError]) -> dict[int | str, dict[str, Any]]:
         entry = responses.setdefault(int(error.status), {"model": ErrorOut, "description": ""})
         entry["description"] = "; ".join(d for d in (entry["description"], error.detail) if d)
     return responses
+
+
+async def method_not_allowed() -> NoReturn:
+    """The endpoint of a method a literal path does not serve but a sibling with a path
+    parameter does: ``DELETE /users/me`` would otherwise reach ``DELETE /users/{user_id}``
+    and be a 422 for the id "me". It gets the 405, with ``Allow``, that any other path
+    answers an unserved method with (registered with ``include_in_schema=False``, before
+    the parameter's route)."""
+    raise StarletteHTTPException(405)

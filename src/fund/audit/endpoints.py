@@ -23,7 +23,15 @@ from fund.audit.service import AuditService
 from fund.auth.dependencies import AdminActor, AdminUser
 from fund.db import UnitOfWork
 from fund.deps import AuditServiceDep, Resources, ResourcesDep
-from fund.errors import BadCursor, Forbidden, NotAuthenticated, NotFound, Unavailable, documented
+from fund.errors import (
+    BadCursor,
+    Forbidden,
+    NotAuthenticated,
+    NotFound,
+    Unavailable,
+    documented,
+    method_not_allowed,
+)
 from fund.kit.params import PathId
 from fund.kit.request_context import StreamInterrupted
 from fund.kit.schemas import PageJSON, PageOut
@@ -84,6 +92,11 @@ async def export_audit_logs(
         media_type=export.MEDIA_TYPES[format],
         headers={"Content-Disposition": f'attachment; filename="audit-logs.{format.value}"'},
     )
+
+
+router.add_api_route(
+    "/export", method_not_allowed, methods=["DELETE"], include_in_schema=False, response_model=None
+)
 
 
 @router.get("/{entry_id}", response_model=AuditLogRead, responses=documented(NotFound))

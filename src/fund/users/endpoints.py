@@ -18,6 +18,7 @@ from fund.errors import (
     NotFound,
     Unavailable,
     documented,
+    method_not_allowed,
 )
 from fund.kit.params import PathId
 from fund.kit.schemas import CachedJSON, PageJSON, PageOut
@@ -76,6 +77,11 @@ async def update_me(
     data: UserSelfUpdate, user: CurrentUser, actor: ActorDep, users: UserServiceDep
 ) -> UserRead:
     return await users.update(actor, user.id, data)
+
+
+router.add_api_route(
+    "/me", method_not_allowed, methods=["DELETE"], include_in_schema=False, response_model=None
+)
 
 
 @router.get("/{user_id}", response_model=UserRead, responses=documented(Forbidden, NotFound))
