@@ -168,7 +168,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     with _metrics_directory(args.workers), contextlib.suppress(Terminated):
         # A single server re-raises SIGTERM after draining: a requested stop, a clean exit.
         uvicorn.run(
-            "fund.main:create_app",
+            "fund.main:create_worker_app",
             factory=True,
             host=args.host,
             port=args.port,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from typing import Any
 
 import asyncpg
@@ -25,7 +25,7 @@ from fund.config import Settings, get_settings
 from fund.db import asyncpg_dsn, create_engine, create_sessionmaker
 from fund.deps import Resources
 from fund.errors import BadCursor, FundError, Unavailable, error_response
-from fund.kit import metrics
+from fund.kit import heap, metrics
 from fund.kit.cache import Cache, InvalidationLog, create_redis
 from fund.kit.logging import configure_logging
 from fund.kit.pagination import CursorCodec, InvalidCursor
@@ -73,7 +73,14 @@ def build_resources(settings: Settings) -> Resources:
     )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_worker_app() -> FastAPI:
+    """The app as ``fund serve`` runs it in each worker process: its heap settled once started."""
+    return create_app(settle_heap=True)
+
+
+def create_app(settings: Settings | None = None, *, settle_heap: bool = False) -> FastAPI:
+    """The application; ``settle_heap`` sets the garbage collector for serving while it runs
+    (``fund.kit.heap``), which is process-wide: for a server's worker, and what measures one."""
     settings = settings or get_settings()
     configure_logging(json=settings.logs_as_json, level=settings.log_level)
 
@@ -83,7 +90,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.resources = resources
         log.info("started", env=settings.env.value, pid=os.getpid())
         try:
-            yield
+            with heap.settled() if settle_heap else nullcontext():
+                yield
         finally:
             # uvicorn has drained the requests in flight (FUND_SHUTDOWN_TIMEOUT) by now.
             await resources.cache.close()

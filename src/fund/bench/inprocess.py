@@ -109,7 +109,7 @@ async def cpu_per_request(
 
     def measure() -> dict[str, float]:
         with _logging_kept():
-            app = create_app(settings)
+            app = create_app(settings, settle_heap=True)  # as a worker runs it
             return _run(_measure(app, email, password, paths, requests=requests))
 
     return await asyncio.to_thread(measure)
