@@ -7,7 +7,7 @@ objects are alive than at the last collection. Thirty-two requests in flight hol
 between them all the time, so a loaded worker collected its young generation 6,215 times in
 26 s, promoted what those requests still held, and about every 120th time walked the whole
 heap: some 140,000 long-lived objects (modules, the app, SQLAlchemy's and pydantic's
-structures), 90 ms each, 4.5 s of the 26 s. Those pauses were the requests' p99
+structures), 88 ms each, 4.5 s of the 26 s. Those pauses were the requests' p99
 (docs/OPERATIONS.md, "Workers and their garbage collector").
 
 Once a worker has started, ``settled`` collects once and freezes what is left (``gc.freeze``:
