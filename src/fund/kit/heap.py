@@ -3,12 +3,11 @@ heap walked again.
 
 CPython frees nearly every object of a request by reference counting; its cyclic collector is
 for the rest. By default it collects the youngest generation whenever 700 more container
-objects are alive than at the last collection. Thirty-two requests in flight hold that many
-between them all the time, so a loaded worker collected its young generation 6,215 times in
-26 s, promoted what those requests still held, and about every 120th time walked the whole
-heap: some 140,000 long-lived objects (modules, the app, SQLAlchemy's and pydantic's
-structures), 88 ms each, 4.5 s of the 26 s. Those pauses were the requests' p99
-(docs/OPERATIONS.md, "Workers and their garbage collector").
+objects are alive than at its last collection, which many requests in flight exceed all the
+time: survivors are promoted, and every so often a full collection walks the whole heap,
+including the long-lived objects of startup (modules, the app, SQLAlchemy's and pydantic's
+structures). Those pauses set a loaded worker's p99 (figures: docs/OPERATIONS.md, section 5,
+"Workers and their garbage collector").
 
 Once a worker has started, ``settled`` collects once and freezes what is left (``gc.freeze``:
 later collections skip it; it lives as long as the process anyway) and raises the youngest
