@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -31,6 +34,7 @@ from tests.services import PostgresServer, find_postgres, find_redis
 PASSWORD = "correct horse battery staple"
 SECRET = "test-secret-key-that-is-long-enough-0123456789"
 _names = itertools.count()
+APP_ROLE_GRANTS = Path(__file__).parents[1] / "docs" / "app_role.sql"
 
 
 @pytest.fixture(scope="session")
@@ -84,6 +88,25 @@ async def database(postgres: PostgresServer, template_database: str) -> AsyncIte
     name = await clone_database(postgres, template_database)
     yield name
     await drop_database(postgres, name)
+
+
+@pytest.fixture
+async def app_role(postgres: PostgresServer, database: str) -> AsyncIterator[str]:
+    """A login role with exactly the privileges docs/app_role.sql grants the service."""
+    role = f"fund_app_{os.getpid()}"
+    grants = re.sub(r"\bfund_app\b", role, APP_ROLE_GRANTS.read_text())
+    admin = await postgres.admin()
+    conn = await asyncpg.connect(postgres.dsn(database))
+    try:
+        await admin.execute(f"DROP ROLE IF EXISTS {role}")
+        await admin.execute(f"CREATE ROLE {role} LOGIN")
+        await conn.execute(grants)
+        yield role
+    finally:
+        await conn.execute(f"DROP OWNED BY {role}")
+        await conn.close()
+        await admin.execute(f"DROP ROLE IF EXISTS {role}")
+        await admin.close()
 
 
 @pytest.fixture

@@ -28,14 +28,16 @@ class PostgresServer:
     port: int
     user: str
 
-    def dsn(self, database: str) -> str:
+    def dsn(self, database: str, *, user: str | None = None) -> str:
+        """An asyncpg DSN, as the tests' own user or as ``user``."""
+        user = user or self.user
         if self.host.startswith("/"):
-            return f"postgresql://{self.user}@/{database}?host={self.host}&port={self.port}"
-        return f"postgresql://{self.user}@{self.host}:{self.port}/{database}"
+            return f"postgresql://{user}@/{database}?host={self.host}&port={self.port}"
+        return f"postgresql://{user}@{self.host}:{self.port}/{database}"
 
-    def url(self, database: str) -> str:
+    def url(self, database: str, *, user: str | None = None) -> str:
         """The SQLAlchemy URL the application uses."""
-        return self.dsn(database).replace("postgresql://", "postgresql+asyncpg://", 1)
+        return self.dsn(database, user=user).replace("postgresql://", "postgresql+asyncpg://", 1)
 
     async def admin(self) -> asyncpg.Connection:
         return await asyncpg.connect(self.dsn("postgres"))

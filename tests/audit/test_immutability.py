@@ -2,12 +2,11 @@
 
 Plain asyncpg on the test database, as the superuser the tests connect with (triggers bind
 every role that cannot disable them) and as an application role set up the way
-docs/AUDIT.md tells an operator to.
+docs/app_role.sql grants it (the ``app_role`` fixture).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -115,38 +114,10 @@ async def test_rows_cannot_be_removed(conn: asyncpg.Connection) -> None:
     assert await snapshot(conn) == before
 
 
-@pytest.fixture
-async def app_role(postgres: PostgresServer, database: str) -> AsyncIterator[str]:
-    """A login role with exactly the GRANTs docs/AUDIT.md gives the application."""
-    role = f"fund_app_{os.getpid()}"
-    admin = await postgres.admin()
-    conn = await asyncpg.connect(postgres.dsn(database))
-    try:
-        await admin.execute(f"DROP ROLE IF EXISTS {role}")
-        await admin.execute(f"CREATE ROLE {role} LOGIN")
-        await conn.execute(
-            f"""
-            GRANT CONNECT ON DATABASE "{database}" TO {role};
-            GRANT USAGE ON SCHEMA public TO {role};
-            GRANT SELECT, INSERT, UPDATE ON users TO {role};
-            GRANT SELECT, INSERT ON audit_logs TO {role};
-            GRANT UPDATE (is_deleted) ON audit_logs TO {role};
-            """
-        )
-        yield role
-    finally:
-        await conn.execute(f"DROP OWNED BY {role}")
-        await conn.close()
-        await admin.execute(f"DROP ROLE IF EXISTS {role}")
-        await admin.close()
-
-
 async def test_the_application_role_cannot_rewrite_or_unguard_history(
     postgres: PostgresServer, database: str, conn: asyncpg.Connection, app_role: str
 ) -> None:
-    app = await asyncpg.connect(
-        postgres.dsn(database).replace(f"{postgres.user}@", f"{app_role}@", 1)
-    )
+    app = await asyncpg.connect(postgres.dsn(database, user=app_role))
     try:
         # What the service does works: append, read, soft-delete.
         entry = await add_entry(app)

@@ -1,0 +1,92 @@
+"""The service runs whole on the privileges docs/app_role.sql grants, and needs no more.
+
+The operator's recipe is only as good as the routes it was tried on: every statement the
+service sends, reads, writes, the soft delete, the export, the cache invalidation log, and
+the migration check ``fund serve`` makes when it starts, runs here as that role.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from alembic import command
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+from fund.config import Settings
+from fund.db import alembic_config
+from fund.deps import Resources
+from fund.main import create_app
+from fund.models import Role
+from tests.conftest import make_account
+from tests.helpers import count_rows
+from tests.services import PostgresServer
+
+
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[tuple[Resources, httpx.AsyncClient]]:
+    application: FastAPI = create_app(settings)
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application, client=("203.0.113.7", 51234))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield application.state.resources, client
+
+
+async def test_every_route_works_as_the_documented_application_role(
+    settings: Settings, redis: Redis, postgres: PostgresServer, database: str, app_role: str
+) -> None:
+    as_role = settings.model_copy(update={"database_url": postgres.url(database, user=app_role)})
+    # What `fund serve` does first: migrations are current, so it only reads alembic_version.
+    await asyncio.to_thread(command.upgrade, alembic_config(as_role.database_url or ""), "head")
+
+    async with serving(as_role) as (resources, client):
+        admin = await make_account(resources, Role.ADMIN)
+        viewer = await make_account(resources, Role.VIEWER)
+        signed_in = await client.post(
+            "/api/v1/auth/token", data={"username": admin.user.email, "password": admin.password}
+        )
+        assert signed_in.status_code == 200, signed_in.text
+
+        url = f"/api/v1/users/{viewer.id}"
+        first, second = [await client.get(url, headers=admin.headers) for _ in range(2)]
+        assert (first.headers["x-cache"], second.headers["x-cache"]) == ("miss", "hit")
+
+        reads = [
+            "/api/v1/users",
+            f"/api/v1/users?q={viewer.user.email[:8]}",  # a search first asks EXPLAIN
+            "/api/v1/users?include=audit_logs",
+            "/api/v1/audit-logs",
+            "/api/v1/audit-logs/export?format=csv",
+            "/api/v1/stats",
+            "/readyz",
+        ]
+        for read in reads:
+            response = await client.get(read, headers=admin.headers)
+            assert response.status_code == 200, (read, response.text)
+
+        created = await client.post(
+            "/api/v1/users",
+            json={"email": "made@example.com", "password": "x" * 12, "full_name": "Made"},
+            headers=admin.headers,
+        )
+        assert created.status_code == 201, created.text
+        patched = await client.patch(url, json={"role": "ANALYST"}, headers=admin.headers)
+        assert patched.status_code == 200, patched.text
+        entry = (await client.get("/api/v1/audit-logs", headers=admin.headers)).json()["items"][0]
+        removed = await client.delete(f"/api/v1/audit-logs/{entry['id']}", headers=admin.headers)
+        assert removed.status_code == 204, removed.text
+        assert (await client.delete(url, headers=admin.headers)).status_code == 204
+
+        # A worker that cannot reach Redis records its invalidation in PostgreSQL (INSERT);
+        # this one reads the record before it serves from Redis again, then clears it.
+        unreachable = as_role.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
+        async with serving(unreachable) as (_, cut_off):
+            renamed = await cut_off.patch(url, json={"full_name": "Renamed"}, headers=admin.headers)
+            assert renamed.status_code == 200, renamed.text
+        assert await count_rows(resources, "cache_invalidations") == 1
+        fresh = await client.get(url, headers=admin.headers)
+        assert (fresh.json()["full_name"], fresh.headers["x-cache"]) == ("Renamed", "miss")
+        assert await count_rows(resources, "cache_invalidations") == 0
