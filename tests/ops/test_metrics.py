@@ -72,6 +72,23 @@ async def test_requests_are_counted_by_route_template_never_raw_path(
     assert str(viewer.id) not in {dict(labels).get("route") for _, labels in after}
 
 
+async def test_the_documentation_pages_are_counted_under_their_own_paths(
+    client: httpx.AsyncClient,
+) -> None:
+    pages = ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect")
+    before = await scrape(client)
+    for page in pages:
+        assert (await client.get(page)).status_code == 200
+    after = await scrape(client)
+
+    def counted(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], route: str) -> float:
+        return value(samples, "fund_http_requests_total", method="GET", route=route, status="200")
+
+    for page in pages:
+        assert counted(after, page) - counted(before, page) == 1, page
+    assert counted(after, "unmatched") == counted(before, "unmatched")
+
+
 async def test_db_queries_total_counts_every_statement(
     client: httpx.AsyncClient, resources: Resources, admin: Account
 ) -> None:

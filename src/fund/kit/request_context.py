@@ -81,7 +81,17 @@ def route_template(scope: Scope) -> str:
         fastapi_scope.get("effective_route_context") if isinstance(fastapi_scope, dict) else None
     )
     path = getattr(effective, "path", None) or getattr(scope.get("route"), "path", None)
-    return path if isinstance(path, str) else "unmatched"
+    if isinstance(path, str):
+        return path
+    # FastAPI serves its documentation pages without recording a route in the scope.
+    if scope.get("path") in _documentation_paths(scope.get("app")):
+        return str(scope["path"])
+    return "unmatched"
+
+
+def _documentation_paths(app: object) -> set[str]:
+    urls = ("docs_url", "redoc_url", "openapi_url", "swagger_ui_oauth2_redirect_url")
+    return {url for url in (getattr(app, name, None) for name in urls) if isinstance(url, str)}
 
 
 class RequestContextMiddleware:
