@@ -46,8 +46,8 @@ format: $(STAMP) ## apply ruff format and the safe fixes
 seed: $(STAMP) ## 100k users and 1M audit logs into the configured database
 	$(BIN)/fund seed --users 100000 --audit-logs 1000000
 
-bench: $(STAMP) ## run the benchmarks (1M users, 10M audit logs) and write docs/benchmarks/REPORT.md
-	$(BIN)/fund bench
+bench: $(STAMP) ## run the benchmarks (1M users, 10M audit logs) and write docs/benchmarks/REPORT.md (ARGS="--quick")
+	$(BIN)/fund bench $(ARGS)
 
 clean: ## remove the virtual env and local state (.fund: embedded database, secret key)
 	rm -rf $(VENV) .fund .mypy_cache .ruff_cache .pytest_cache
