@@ -110,6 +110,28 @@ async def test_create_defaults_to_an_active_viewer(
     assert (body["role"], body["is_active"]) == ("VIEWER", True)
 
 
+@pytest.mark.parametrize(
+    ("full_name", "term"),
+    [
+        # Python lowers a word-final Σ to a final sigma where PostgreSQL gives the medial one,
+        # and İ to i plus a combining dot where PostgreSQL gives i: lower the term as the column.
+        ("ΝΙΚΟΣ Παπαδόπουλος", "ΝΙΚΟΣ"),
+        ("Ayşe İSTANBULLU", "İSTANBUL"),
+        ("Zoë O'Brien", "zoë o'b"),
+    ],
+)
+async def test_a_search_term_typed_as_the_name_is_stored_finds_it(
+    client: httpx.AsyncClient, admin: Account, full_name: str, term: str
+) -> None:
+    made = await client.post(USERS, json=new_user(full_name=full_name), headers=admin.headers)
+    assert made.status_code == 201
+
+    found = await client.get(USERS, params={"q": term}, headers=admin.headers)
+
+    assert found.status_code == 200
+    assert [user["id"] for user in found.json()["items"]] == [made.json()["id"]]
+
+
 @pytest.mark.parametrize("email", ["dup@example.com", "DUP@example.com", "Dup@Example.Com"])
 async def test_a_duplicate_email_in_any_case_is_409(
     client: httpx.AsyncClient, admin: Account, resources: Resources, email: str

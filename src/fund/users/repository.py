@@ -36,7 +36,8 @@ class UserFilters:
 
 
 def _like_pattern(text: str) -> str:
-    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    """``text`` as a LIKE pattern matching it anywhere; lowered by PostgreSQL (``_search``)."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
 
 
@@ -53,7 +54,9 @@ def _values(filters: UserFilters) -> dict[str, Any]:
 
 
 def _search() -> ColumnElement[bool]:
-    pattern = bindparam("pattern", type_=String)
+    # PostgreSQL's lower() on both sides of a comparison: Python's differs for some letters (a
+    # word-final Σ, a dotted İ), and a term typed as it is stored must find it.
+    pattern = func.lower(bindparam("pattern", type_=String))
     # Both sides are answered by trigram GIN indexes (migration 004).
     return or_(
         User.email.like(pattern, escape="\\"),
