@@ -472,12 +472,37 @@ async def test_each_change_writes_exactly_one_entry_in_its_transaction(
 
     entries = await audit_rows(resources, resource_id=str(user_id))
 
-    assert [e["action"] for e in entries] == ["CREATE", "UPDATE", "UPDATE", "UPDATE", "DELETE"]
+    assert [e["action"] for e in entries] == ["CREATE", "UPDATE", "DELETE", "UPDATE", "DELETE"]
+    assert [e["details"] for e in entries[2:]] == [
+        {},
+        {"changes": {"is_active": {"old": False, "new": True}}},
+        {},
+    ]
     create = entries[0]
     assert create["request_id"] == "create-1"
     assert create["details"] == {"after": created.json()}
     # The entry and the change share the transaction, hence the transaction timestamp.
     assert create["timestamp"].isoformat().replace("+00:00", "Z") == created.json()["created_at"]
+
+
+async def test_a_patch_that_deactivates_is_recorded_as_a_deactivation(
+    client: httpx.AsyncClient, admin: Account, viewer: Account, resources: Resources
+) -> None:
+    response = await client.patch(
+        f"{USERS}/{viewer.id}",
+        json={"is_active": False, "full_name": "Gone Away"},
+        headers={**admin.headers, "X-Request-ID": "patch-off"},
+    )
+
+    assert response.status_code == 200
+    entries = await audit_rows(resources, request_id="patch-off")
+    assert [(e["action"], e["details"]) for e in entries] == [
+        ("UPDATE", {"changes": {"full_name": {"old": viewer.user.full_name, "new": "Gone Away"}}}),
+        ("DELETE", {}),
+    ]
+    assert {(e["resource_type"], e["resource_id"], e["user_id"]) for e in entries} == {
+        ("user", str(viewer.id), admin.id)
+    }
 
 
 async def test_a_change_that_fails_in_the_database_leaves_no_entry(

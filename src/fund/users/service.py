@@ -194,11 +194,21 @@ class UserService:
             await self.repository.save(user)
         except IntegrityError as exc:
             raise EmailTaken from exc
-        await self.audit.record(
-            actor, Action.UPDATE, ResourceType.USER, user.id, {"changes": changes}
-        )
+        await self._record_changes(actor, user.id, changes)
         self._invalidate_after_commit(user.id)
         return UserRead.model_validate(user)
+
+    async def _record_changes(self, actor: Actor, user_id: int, changes: dict[str, Any]) -> None:
+        """An UPDATE entry for ``changes``, but a deactivation is recorded as one (DELETE),
+        whichever route made it: an auditor listing deactivations by action finds them all."""
+        deactivated = changes.get("is_active") == {"old": True, "new": False}
+        updated = {f: c for f, c in changes.items() if not (deactivated and f == "is_active")}
+        if updated:
+            await self.audit.record(
+                actor, Action.UPDATE, ResourceType.USER, user_id, {"changes": updated}
+            )
+        if deactivated:
+            await self.audit.record(actor, Action.DELETE, ResourceType.USER, user_id)
 
     async def deactivate(self, actor: Actor, user_id: int) -> None:
         admins = await self.repository.lock_active_admins()
