@@ -37,6 +37,12 @@ def test_a_token_is_remembered_per_key() -> None:
         {"sub": "1", "exp": 1, "iat": 0},  # long expired
         {"sub": "x1", "exp": 4_000_000_000, "iat": 0},
         {"sub": 1, "exp": 4_000_000_000, "iat": 0},
+        # Correctly signed, but no user could have these ids (a bigint is below 2**63).
+        {"sub": "0", "exp": 4_000_000_000, "iat": 0},
+        {"sub": str(2**63), "exp": 4_000_000_000, "iat": 0},
+        {"sub": "9" * 19, "exp": 4_000_000_000, "iat": 0},
+        {"sub": "1" * 400, "exp": 4_000_000_000, "iat": 0},
+        {"sub": "١٢", "exp": 4_000_000_000, "iat": 0},  # Arabic-Indic digits: isdigit() says yes
     ],
 )
 def test_refused_tokens_stay_refused(claims: dict[str, object]) -> None:

@@ -89,8 +89,11 @@ def _verified_claims(key: bytes, token: str) -> tuple[int, float]:
             token, key, algorithms=_ALGORITHMS, options={"require": ["exp", "iat", "sub"]}
         )
         subject = claims["sub"]
-        if not isinstance(subject, str) or not subject.isdigit() or len(subject) > 19:
+        if not (isinstance(subject, str) and subject.isascii() and subject.isdigit()):
             raise InvalidToken
-        return int(subject), float(claims["exp"])
+        user_id = int(subject) if len(subject) <= 19 else 0
+        if not 0 < user_id < 2**63:  # a user id is a positive bigint
+            raise InvalidToken
+        return user_id, float(claims["exp"])
     except (jwt.InvalidTokenError, ValueError, TypeError) as exc:
         raise InvalidToken from exc
