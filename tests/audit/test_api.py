@@ -133,6 +133,18 @@ async def test_since_and_until_select_exactly_the_boundary_microseconds(
     ]
     assert await emails(until=moment + one) == ["edge0@example.com"]
     assert await emails(since=moment + 2 * one, until=moment + 2 * one) == []
+
+    async def emails_between(since: str, until: str) -> list[str]:
+        query = {"action": "LOGIN_FAILED", "since": since, "until": until}
+        return [item["details"]["email"] for item in await walk(client, admin.headers, query)]
+
+    # Finer than the stored microseconds: each bound keeps the entries at or after it.
+    assert await emails_between("2026-05-04T03:02:01.9999985Z", "2026-05-04T03:02:01.9999995Z") == [
+        "edge1@example.com"
+    ]
+    assert await emails_between(
+        "2026-05-04T05:02:01.999998000+02:00", "2026-05-04T03:02:02.000000001Z"
+    ) == ["edge2@example.com", "edge1@example.com", "edge0@example.com"]
     items = await walk(client, admin.headers, {"action": "LOGIN_FAILED"})
     assert [item["timestamp"] for item in items] == [
         "2026-05-04T03:02:02.000001Z",

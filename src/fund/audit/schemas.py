@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_serializer, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_serializer,
+    field_validator,
+)
 
 from fund.kit.params import NO_NUL, PageQuery, QueryModel
 
@@ -64,6 +73,32 @@ class AuditLogRead(BaseModel):
 
 
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+# Seconds with more than six fractional digits: entries are stored to the microsecond.
+_FINER_THAN_MICROSECONDS = re.compile(r"(?<=:\d\d\.\d{6})(\d+)")
+_INSTANT: TypeAdapter[datetime] = TypeAdapter(AwareDatetime)
+
+
+def _to_whole_microseconds(text: str) -> str | datetime:
+    """``text``, or the first microsecond at or after it when it is finer than that.
+
+    ``since`` (inclusive) and ``until`` (exclusive) both select the stored microseconds at or
+    after a bound, so rounding a finer bound up keeps exactly the entries it would select;
+    pydantic alone would cut the digits, moving the bound back before some of them.
+    """
+    finer = _FINER_THAN_MICROSECONDS.search(text)
+    if finer is None:
+        return text
+    cut = text[: finer.start()] + text[finer.end() :]
+    if not finer.group(1).strip("0"):
+        return cut
+    try:
+        instant = _INSTANT.validate_python(cut)
+    except ValidationError:
+        return cut  # pydantic says what is wrong with it, as with any other value
+    try:
+        return instant + timedelta(microseconds=1)
+    except OverflowError as exc:
+        raise ValueError("out of range") from exc
 
 
 class AuditFilters(BaseModel):
@@ -90,7 +125,7 @@ class AuditFilters(BaseModel):
             raise ValueError(
                 "expected an ISO 8601 date-time with an offset, e.g. 2026-01-01T00:00:00Z"
             )
-        return value
+        return _to_whole_microseconds(value) if isinstance(value, str) else value
 
     @field_validator("since", "until")
     @classmethod
