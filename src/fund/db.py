@@ -359,6 +359,32 @@ def unescape_copy_text(data: bytes) -> bytes:
     return _COPY_ESCAPE.sub(lambda m: _COPY_LETTERS.get(m.group(1), m.group(1)), data)
 
 
+async def database_answers(engine: AsyncEngine, within: float) -> bool:
+    """Whether PostgreSQL runs a statement within ``within`` seconds, all of it included.
+
+    The probe runs as a task of its own that is left behind when it is late: a connection
+    whose statement was cancelled is returned to the pool under ``asyncio.shield``, and on a
+    server that has stopped answering that clean-up waits as long again.
+    """
+
+    async def select_one() -> None:
+        async with engine.connect() as conn:
+            await conn.exec_driver_sql("SELECT 1")
+
+    probe = asyncio.ensure_future(select_one())
+    done, _ = await asyncio.wait({probe}, timeout=within)
+    if not done:
+        probe.cancel()
+        probe.add_done_callback(_retrieved)  # it ends in the background, whenever it can
+        return False
+    return probe.exception() is None
+
+
+def _retrieved(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 async def _driver(connection: AsyncConnection) -> Any:
     """The asyncpg connection under ``connection``."""
     return (await connection.get_raw_connection()).driver_connection

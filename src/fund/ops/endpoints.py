@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-from sqlalchemy import text
 
+from fund.db import database_answers
 from fund.deps import ResourcesDep
 from fund.kit import metrics
 
@@ -25,12 +23,7 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", responses={503: {"description": "PostgreSQL does not answer (same body)"}})
 async def readyz(resources: ResourcesDep) -> JSONResponse:
     """503 when PostgreSQL does not answer; ``degraded`` when only Redis does not."""
-    database = "ok"
-    try:
-        async with asyncio.timeout(READY_TIMEOUT), resources.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-    except Exception:
-        database = "down"
+    database = "ok" if await database_answers(resources.engine, READY_TIMEOUT) else "down"
     cache = "ok" if await resources.cache.ping() else "down"
     ok = database == "ok" and cache == "ok"
     return JSONResponse(
