@@ -128,7 +128,7 @@ class RequestContextMiddleware:
             nonlocal status, started, body_sent
             if message["type"] == "http.response.start":
                 started = True
-                status = message["status"]
+                status = int(message["status"])  # an HTTPStatus would log as its repr
                 message["headers"] = _response_headers(message, rid, api=is_api, hsts=hsts)
             elif head and message["type"] == "http.response.body":
                 if body_sent:
