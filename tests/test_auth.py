@@ -67,6 +67,28 @@ async def test_unknown_email_wrong_password_and_deactivated_look_the_same(
     ]
 
 
+async def test_a_name_that_only_resembles_an_email_is_nobodys(
+    client: httpx.AsyncClient, resources: Resources
+) -> None:
+    account = await make_account(resources, Role.VIEWER)
+    local, _, domain = account.user.email.partition("@")
+    with_nul = f"{local[:2]}\x00{local[2:]}@{domain}"
+    too_long = account.user.email + "x" * 400  # cut to 320 it is still no one's; not looked up
+
+    responses = [
+        await login(client, with_nul, PASSWORD),
+        await login(client, too_long, PASSWORD),
+        await login(client, f"  {account.user.email.upper()} ", PASSWORD),  # spaces, case: fine
+    ]
+
+    assert [r.status_code for r in responses] == [401, 401, 200]
+    failed = await audit_rows(resources, action="LOGIN_FAILED")
+    assert [(e["resource_id"], e["details"]) for e in failed] == [
+        ("", {"email": with_nul.replace("\x00", "\ufffd")}),
+        ("", {"email": too_long[:320]}),
+    ]
+
+
 async def test_repeated_failures_for_one_account_are_throttled(
     client: httpx.AsyncClient, viewer: Account, analyst: Account
 ) -> None:

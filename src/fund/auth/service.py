@@ -49,13 +49,17 @@ class AuthService:
         self.token_minutes = token_minutes
 
     async def login(self, actor: Actor, email: str, password: str) -> LoginOutcome:
-        # Bounded, and without NUL, which PostgreSQL text cannot hold: it is recorded as attempted.
-        email = email.replace("\x00", "").strip().lower()[:MAX_EMAIL_CHARS]
+        attempted = email.strip().lower()
+        # Only a name that could be an account's is looked up: "ad\0min@…" or a name longer
+        # than any email is nobody's, whatever it becomes once made storable.
+        can_be_an_account = "\x00" not in attempted and len(attempted) <= MAX_EMAIL_CHARS
+        # Recorded as attempted, bounded; PostgreSQL text cannot hold NUL, so it shows as U+FFFD.
+        email = attempted.replace("\x00", "\ufffd")[:MAX_EMAIL_CHARS]
         retry_after = await self.throttle.retry_after(email)
         if retry_after:
             raise TooManyAttempts(retry_after)
 
-        user = await self.users.get_by_email(email)
+        user = await self.users.get_by_email(email) if can_be_an_account else None
         # Verified even for an unknown email (against a dummy hash): same time either way.
         password_ok = verify_password(password, user.hashed_password if user else None)
         if user is None or not password_ok or not user.is_active:
