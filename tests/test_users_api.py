@@ -440,6 +440,7 @@ async def test_delete_deactivates_keeps_the_row_and_audits(
 
     assert response.status_code == 204
     assert response.content == b""
+    assert "content-type" not in response.headers
     assert await count_rows(resources, "users") == users_before
     body = (await client.get(f"{USERS}/{analyst.id}", headers=admin.headers)).json()
     assert body["is_active"] is False

@@ -174,7 +174,8 @@ async def test_soft_delete_hides_keeps_and_audits_the_entry(
     response = await client.delete(
         f"/api/v1/audit-logs/{target}", headers={**admin.headers, "X-Request-ID": "del-1"}
     )
-    assert response.status_code == 204
+    assert (response.status_code, response.content) == (204, b"")
+    assert "content-type" not in response.headers
 
     [row] = await audit_rows(resources, id=target)
     assert row["is_deleted"] is True

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import structlog
 from fastapi import APIRouter, Depends, Query, status
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from fund.audit import export
@@ -105,7 +105,10 @@ async def read_audit_log(entry_id: PathId, _: AdminUser, audit: AuditServiceDep)
 
 
 @router.delete(
-    "/{entry_id}", status_code=status.HTTP_204_NO_CONTENT, responses=documented(NotFound)
+    "/{entry_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,  # no body, so no Content-Type either
+    responses=documented(NotFound),
 )
 async def soft_delete_audit_log(
     entry_id: PathId, actor: AdminActor, audit: AuditServiceDep

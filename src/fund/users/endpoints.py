@@ -105,6 +105,7 @@ async def update_user(
 @router.delete(
     "/{user_id}",
     status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,  # no body, so no Content-Type either
     responses=documented(Forbidden, NotFound, LastAdmin),
 )
 async def deactivate_user(user_id: PathId, actor: AdminActor, users: UserServiceDep) -> None:
