@@ -1,8 +1,8 @@
 """The service runs whole on the privileges docs/app_role.sql grants, and needs no more.
 
-The operator's recipe is only as good as the routes it was tried on: every statement the
-service sends, reads, writes, the soft delete, the export, the cache invalidation log, and
-the migration check ``fund serve`` makes when it starts, runs here as that role.
+The operator's recipe is only as good as the routes it was tried on: here sign-in, reads, a
+search, the export, writes, the soft delete, the cache and its invalidation log, and the
+migration check ``fund serve`` makes when it starts all run as that role.
 """
 
 from __future__ import annotations
@@ -13,14 +13,13 @@ from contextlib import asynccontextmanager
 
 import httpx
 from alembic import command
-from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from fund.config import Settings
 from fund.db import alembic_config
 from fund.deps import Resources
-from fund.main import create_app
 from fund.models import Role
+from tests.cache.conftest import client_for, running_app
 from tests.conftest import make_account
 from tests.helpers import count_rows
 from tests.services import PostgresServer
@@ -28,11 +27,8 @@ from tests.services import PostgresServer
 
 @asynccontextmanager
 async def serving(settings: Settings) -> AsyncIterator[tuple[Resources, httpx.AsyncClient]]:
-    application: FastAPI = create_app(settings)
-    async with application.router.lifespan_context(application):
-        transport = httpx.ASGITransport(app=application, client=("203.0.113.7", 51234))
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield application.state.resources, client
+    async with running_app(settings) as application, client_for(application) as client:
+        yield application.state.resources, client
 
 
 async def test_every_route_works_as_the_documented_application_role(
