@@ -12,10 +12,11 @@ import os
 import re
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from fund.bench import add_arguments, http, run_bench
-from fund.bench.database import drop_bench_database, prepare_bench_database
+from fund.bench.database import NotBenchDatabase, drop_bench_database, prepare_bench_database
 from fund.bench.http import parse_wrk
 from fund.bench.report import CHARTS
 from fund.config import Environment, Settings
@@ -168,8 +169,64 @@ Transfer/sec:      1.80MB
     assert result.failures == {"non-2xx/3xx": 3}
 
 
-def test_an_unknown_scenario_is_refused_before_anything_runs(bench_settings: Settings) -> None:
-    assert run_bench(bench_settings, _bench_args("--only", "search,teleport")) == 2
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("--only", "search,teleport"),
+        ("--only", ","),
+        ("--users", "-5"),
+        ("--users", "99"),  # below the smallest data the scenarios can read
+        ("--audit-logs", "many"),
+        ("--workers", "a"),
+        ("--workers", "0"),
+        ("--workers", "1,,x"),
+        ("--http-seconds", "0"),
+        ("--export-seconds", "nan"),
+        ("--connections", "0"),
+        ("--repeats", "0"),
+        ("--redis-db", "16"),
+        ("--database", 'x"; DROP DATABASE fund; --'),
+        ("--database", "Fund"),
+    ],
+)
+def test_a_bad_argument_is_refused_before_anything_runs(
+    argv: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as refused:
+        _bench_args(*argv)
+    assert refused.value.code == 2
+    assert f"argument {argv[0]}:" in capsys.readouterr().err
+
+
+def test_a_report_that_cannot_be_written_is_refused_before_anything_runs(
+    bench_settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocked = tmp_path / "a file"
+    blocked.write_text("")
+    args = _bench_args("--quick", "--database", "must_not_be_made", "--output", str(blocked))
+
+    assert run_bench(bench_settings, args) == 2
+    assert "cannot write the report" in capsys.readouterr().err
+
+
+async def test_a_database_the_bench_did_not_make_is_never_dropped(
+    bench_settings: Settings, postgres: PostgresServer, database: str
+) -> None:
+    # The service's own database, say, named by mistake: its rows must survive.
+    conn = await asyncpg.connect(postgres.dsn(database))
+    try:
+        await conn.execute(
+            "INSERT INTO users (email, hashed_password) VALUES ('keep@example.com', 'x')"
+        )
+
+        with pytest.raises(NotBenchDatabase):
+            await prepare_bench_database(
+                bench_settings, database, users=400, audit_logs=4000, seed=42, progress=False
+            )
+
+        assert await conn.fetchval("SELECT email FROM users") == "keep@example.com"
+    finally:
+        await conn.close()
 
 
 async def test_the_python_load_generator_measures_a_real_server(

@@ -14,7 +14,10 @@ import asyncio
 import os
 import platform
 import random
+import re
 import sys
+import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -28,6 +31,7 @@ from fund.bench import http, inprocess, queries
 from fund.bench.database import (
     BENCH_ADMIN_EMAIL,
     BENCH_ADMIN_PASSWORD,
+    NotBenchDatabase,
     ensure_bench_admin,
     prepare_bench_database,
 )
@@ -42,38 +46,115 @@ SCENARIOS = SCENARIO_NAMES
 DEFAULT_OUTPUT = Path("docs/benchmarks")
 
 
+MIN_USERS = 100
+MIN_AUDIT_LOGS = 1_000
+MAX_WORKERS = 64
+
+
+def _whole(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"{minimum}..{maximum}" if maximum is not None else f"at least {minimum:,}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, not {value:,}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < 86_400:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"must be more than 0 and less than a day, not {text}")
+    return value
+
+
+def _worker_counts(text: str) -> str:
+    """``1,2``: each a worker count the HTTP scenario starts a server with."""
+    counts = [part.strip() for part in text.split(",") if part.strip()]
+    if not counts or not all(c.isdigit() and 1 <= int(c) <= MAX_WORKERS for c in counts):
+        raise argparse.ArgumentTypeError(
+            f"expected worker counts 1..{MAX_WORKERS}, comma-separated (e.g. 1,2), not {text!r}"
+        )
+    return ",".join(str(int(c)) for c in counts)
+
+
+def _scenarios(text: str) -> str:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = sorted(set(names) - set(SCENARIOS))
+    if not names or unknown:
+        named = ", ".join(unknown) or repr(text)
+        raise argparse.ArgumentTypeError(
+            f"unknown scenario(s): {named}; choose from {','.join(SCENARIOS)}"
+        )
+    return ",".join(names)
+
+
+def _database_name(text: str) -> str:
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", text):
+        raise argparse.ArgumentTypeError(
+            f"a database name of lower-case letters, digits and _ (63 at most), not {text!r}"
+        )
+    return text
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--users", type=int, default=1_000_000, help="users to seed")
-    parser.add_argument("--audit-logs", type=int, default=10_000_000, help="audit logs to seed")
-    parser.add_argument("--seed", type=int, default=42, help="seed of the synthetic data")
+    parser.add_argument("--users", type=_whole(MIN_USERS), default=1_000_000, help="users to seed")
+    parser.add_argument(
+        "--audit-logs",
+        type=_whole(MIN_AUDIT_LOGS),
+        default=10_000_000,
+        help="audit logs to seed",
+    )
+    parser.add_argument("--seed", type=_whole(0), default=42, help="seed of the synthetic data")
     parser.add_argument(
         "--database",
+        type=_database_name,
         default="fund_bench",
-        help="the bench's own database, created on the configured server (default fund_bench)",
+        help="the bench's own database, created on the configured server (default fund_bench); "
+        "an existing database the bench did not make is never dropped",
     )
     parser.add_argument(
         "--redis-db",
-        type=int,
+        type=_whole(0, 15),
         default=14,
         help="the bench's own Redis database number (default 14), flushed before the HTTP "
         "scenarios so no entry from other data is served",
     )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="report directory")
-    parser.add_argument("--repeats", type=int, default=5, help="EXPLAIN runs per query (median)")
-    parser.add_argument("--http-seconds", type=float, default=10.0, help="load time per route")
-    parser.add_argument("--connections", type=int, default=32, help="concurrent connections")
     parser.add_argument(
-        "--workers", default="1,2", help="server worker counts to load, comma-separated"
+        "--repeats", type=_whole(1), default=5, help="EXPLAIN runs per query (median)"
+    )
+    parser.add_argument("--http-seconds", type=_seconds, default=10.0, help="load time per route")
+    parser.add_argument(
+        "--connections", type=_whole(1, 1024), default=32, help="concurrent connections"
+    )
+    parser.add_argument(
+        "--workers",
+        type=_worker_counts,
+        default="1,2",
+        help="server worker counts to load, comma-separated",
     )
     parser.add_argument(
         "--export-seconds",
-        type=float,
+        type=_seconds,
         default=120.0,
         help="stop reading the export after this many seconds (the rate is over what was read)",
     )
-    parser.add_argument("--cache-samples", type=int, default=200, help="ids read miss then hit")
     parser.add_argument(
-        "--only", default=",".join(SCENARIOS), help=f"scenarios to run: {','.join(SCENARIOS)}"
+        "--cache-samples", type=_whole(1), default=200, help="ids read miss then hit"
+    )
+    parser.add_argument(
+        "--only",
+        type=_scenarios,
+        default=",".join(SCENARIOS),
+        help=f"scenarios to run: {','.join(SCENARIOS)}",
     )
     parser.add_argument(
         "--quick",
@@ -95,18 +176,25 @@ def _apply_quick(args: argparse.Namespace) -> None:
 def run_bench(settings: Settings, args: argparse.Namespace) -> int:
     if args.quick:
         _apply_quick(args)
-    only = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = sorted(set(only) - set(SCENARIOS))
-    if unknown:
-        print(f"fund bench: unknown scenario(s): {', '.join(unknown)}", file=sys.stderr)
+    only = args.only.split(",")
+    workers = [int(w) for w in args.workers.split(",")]
+    try:  # before any work: a report that cannot be written is known at once
+        args.output.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=args.output):
+            pass
+    except OSError as exc:
+        print(f"fund bench: cannot write the report in {args.output}: {exc}", file=sys.stderr)
         return 2
-    workers = [int(w) for w in str(args.workers).split(",") if w.strip()]
     if not embedded.redis_answers(settings.effective_redis_url()):
         # As `fund serve` does on a bare machine: the cache scenarios need a Redis.
         settings = settings.model_copy(
             update={"redis_url": embedded.start_valkey(settings.data_dir)}
         )
-    run = asyncio.run(_run(settings, args, only, workers))
+    try:
+        run = asyncio.run(_run(settings, args, only, workers))
+    except NotBenchDatabase as exc:
+        print(f"fund bench: {exc}", file=sys.stderr)
+        return 2
     paths = write_report(run, args.output)
     print(run.summary())
     print(f"\nreport: {paths[0]}  ({len(paths) - 1} charts)")

@@ -48,8 +48,16 @@ def bench_url(settings: Settings, name: str) -> str:
     return make_url(settings.database_url).set(database=name).render_as_string(hide_password=False)
 
 
+OWNED = "fund bench data"
+"""How the comment of a database the bench made starts: the only databases it may drop."""
+
+
+class NotBenchDatabase(Exception):
+    """The database named for the bench exists and was not made by it: it is left alone."""
+
+
 def seed_marker(users: int, audit_logs: int, seed: int) -> str:
-    return f"fund bench data: users={users} audit_logs={audit_logs} seed={seed}"
+    return f"{OWNED}: users={users} audit_logs={audit_logs} seed={seed}"
 
 
 @asynccontextmanager
@@ -82,6 +90,8 @@ async def _recreate(settings: Settings, name: str) -> None:
     async with _maintenance_connection(settings) as conn:
         await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         await conn.execute(text(f'CREATE DATABASE "{name}"'))
+        # Marked as the bench's at once, so a seed cut short can be dropped by the next run.
+        await conn.execute(text(f"COMMENT ON DATABASE \"{name}\" IS '{OWNED}: seeding'"))
 
 
 async def _mark(settings: Settings, name: str, marker: str) -> None:
@@ -111,6 +121,11 @@ async def prepare_bench_database(
     wanted = seed_marker(users, audit_logs, seed)
     exists, comment = await _maintenance(settings, name)
     marker, _, record = (comment or "").partition("\n")
+    if exists and not marker.startswith(OWNED):
+        raise NotBenchDatabase(
+            f'database "{name}" exists and was not made by fund bench, so it is not dropped'
+            " to seed: name another with --database, or drop it yourself if it is expendable"
+        )
     if exists and marker == wanted:
         await asyncio.to_thread(command.upgrade, alembic_config(url), "head")
         seconds, phases, seeded_at = _seeding_record(record)
