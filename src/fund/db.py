@@ -155,8 +155,10 @@ class Repository:
         return self.work.session
 
 
+@asynccontextmanager
 async def unit_of_work(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[UnitOfWork]:
-    """One unit of work per request, committed exactly once when the endpoint returns."""
+    """One unit of work per request, committed exactly once when the endpoint returns, and
+    rolled back and closed before the error goes on when it raises."""
     async with UnitOfWork(sessions) as work:
         try:
             yield work

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -47,8 +47,10 @@ async def get_resources(request: Request) -> Resources:
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
 
-async def get_work(request: Request) -> AsyncIterator[UnitOfWork]:
-    async for work in unit_of_work(resources_of(request).sessions):
+async def get_work(request: Request) -> AsyncGenerator[UnitOfWork]:
+    # A context manager, not a loop over a generator: an endpoint's error is thrown in here,
+    # and must reach the unit's rollback now, not when the generator is collected.
+    async with unit_of_work(resources_of(request).sessions) as work:
         yield work
 
 
