@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -102,6 +103,19 @@ async def test_repeated_failures_for_one_account_are_throttled(
     assert "detail" in throttled.json()
     # Per account: another account still logs in.
     assert (await login(client, analyst.user.email, PASSWORD)).status_code == 200
+
+
+async def test_a_burst_of_attempts_gets_no_more_password_checks_than_the_limit(
+    client: httpx.AsyncClient, resources: Resources, viewer: Account
+) -> None:
+    wrong = [login(client, viewer.user.email, f"wrong password {n:03}") for n in range(20)]
+
+    statuses = sorted(r.status_code for r in await asyncio.gather(*wrong))
+
+    # Counted before the check, one by one: five checks (FUND_LOGIN_MAX_FAILURES), then 429s.
+    assert statuses == [401] * 5 + [429] * 15
+    assert len(await audit_rows(resources, action="LOGIN_FAILED")) == 5
+    assert (await login(client, viewer.user.email, PASSWORD)).status_code == 429
 
 
 async def test_a_successful_login_resets_the_failure_count(

@@ -55,7 +55,7 @@ class AuthService:
         can_be_an_account = "\x00" not in attempted and len(attempted) <= MAX_EMAIL_CHARS
         # Recorded as attempted, bounded; PostgreSQL text cannot hold NUL, so it shows as U+FFFD.
         email = attempted.replace("\x00", "\ufffd")[:MAX_EMAIL_CHARS]
-        retry_after = await self.throttle.retry_after(email)
+        retry_after = await self.throttle.attempt(email)
         if retry_after:
             raise TooManyAttempts(retry_after)
 
@@ -63,7 +63,6 @@ class AuthService:
         # Verified even for an unknown email (against a dummy hash): same time either way.
         password_ok = verify_password(password, user.hashed_password if user else None)
         if user is None or not password_ok or not user.is_active:
-            await self.throttle.failed(email)
             await self.audit.record(
                 actor,
                 Action.LOGIN_FAILED,

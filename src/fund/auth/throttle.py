@@ -15,6 +15,10 @@ def _account(email: str) -> str:
     return hashlib.sha256(email.strip().lower().encode()).hexdigest()[:32]
 
 
+LOCAL_ACCOUNTS = 100_000
+"""Accounts this process counts itself (for a Redis outage): memory stays bounded."""
+
+
 class LoginThrottle:
     def __init__(self, cache: Cache, *, max_failures: int, window_seconds: int) -> None:
         self.cache = cache
@@ -22,32 +26,27 @@ class LoginThrottle:
         self.window = window_seconds
         self._local: dict[str, tuple[int, float]] = {}
 
-    async def retry_after(self, email: str) -> int:
-        """Seconds until this account may try again; 0 when it may now."""
-        account = _account(email)
-        local_count, local_until = self._local_state(account)
-        if local_count >= self.max_failures:
-            return max(1, int(local_until - time.monotonic()))
-        try:
-            if await self.cache.read_counter(KIND, account) >= self.max_failures:
-                return max(1, await self.cache.ttl(KIND, account))
-        except CircuitOpen:
-            pass
-        return 0
+    async def attempt(self, email: str) -> int:
+        """Count a sign-in attempt on this account before its password is checked; the
+        seconds to wait when it is over the limit, 0 when it may be checked now.
 
-    async def failed(self, email: str) -> None:
+        Counted first, so that counting and checking are one step: attempts sent at once are
+        numbered one by one, and only the first ``max_failures`` of a window get a password
+        check. A success clears the count (``succeeded``), so only failures add up.
+        """
         account = _account(email)
-        try:
-            await self.cache.incr_window(KIND, account, self.window)
-        except CircuitOpen:
-            pass
-        # Counted locally too, so a Redis outage does not reset the count.
+        # Counted here too, so a Redis outage neither resets the count nor lifts the limit.
         count, until = self._local_state(account)
         if count == 0:
             until = time.monotonic() + self.window
-        self._local[account] = (count + 1, until)
-        if len(self._local) > 100_000:  # bounded memory under a spray of emails
-            self._local.clear()
+        self._remember(account, count + 1, until)
+        if count + 1 > self.max_failures:
+            return max(1, int(until - time.monotonic()))
+        try:
+            shared, seconds_left = await self.cache.incr_window(KIND, account, self.window)
+        except CircuitOpen:
+            return 0
+        return max(1, seconds_left) if shared > self.max_failures else 0
 
     async def succeeded(self, email: str) -> None:
         account = _account(email)
@@ -59,3 +58,15 @@ class LoginThrottle:
         if until <= time.monotonic():
             return 0, 0.0
         return count, until
+
+    def _remember(self, account: str, count: int, until: float) -> None:
+        self._local.pop(account, None)  # re-inserted last: the dict's order is by last attempt
+        self._local[account] = (count, until)
+        if len(self._local) > LOCAL_ACCOUNTS:
+            # Expired windows go first; if a spray of emails still overflows, the accounts
+            # least recently tried, never the one being tried now.
+            now = time.monotonic()
+            for stale in [a for a, (_, end) in self._local.items() if end <= now]:
+                del self._local[stale]
+            while len(self._local) > LOCAL_ACCOUNTS:
+                del self._local[next(iter(self._local))]

@@ -464,26 +464,22 @@ class Cache:
 
     # -- counters (login throttling) ---------------------------------------------
 
-    async def incr_window(self, kind: str, ident: str, window_seconds: int) -> int:
-        """Count an event in a fixed window; raises CircuitOpen when Redis is unavailable."""
+    async def incr_window(self, kind: str, ident: str, window_seconds: int) -> tuple[int, int]:
+        """Count an event in a fixed window: (the count, seconds left in the window).
+
+        Raises CircuitOpen when Redis is unavailable.
+        """
         k = key(kind, ident)
 
-        async def op(r: Redis) -> int:
+        async def op(r: Redis) -> tuple[int, int]:
             pipe = r.pipeline(transaction=True)
             pipe.incr(k)
             pipe.expire(k, window_seconds, nx=True)
-            count, _ = await pipe.execute()
-            return int(count)
+            pipe.ttl(k)
+            count, _, seconds_left = await pipe.execute()
+            return int(count), int(seconds_left)
 
         return await self._call(op)
-
-    async def read_counter(self, kind: str, ident: str) -> int:
-        """A counter's value (0 when absent); raises CircuitOpen when Redis is unavailable."""
-        value = await self._call(lambda r: r.get(key(kind, ident)))
-        return int(value or 0)
-
-    async def ttl(self, kind: str, ident: str) -> int:
-        return int(await self._call(lambda r: r.ttl(key(kind, ident))))
 
     async def delete(self, kind: str, ident: str) -> None:
         try:
