@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,6 +14,7 @@ import orjson
 import pytest
 
 from fund.deps import Resources
+from fund.kit import security
 from fund.models import Role
 from tests.conftest import PASSWORD, Account, make_account
 from tests.helpers import audit_rows, count_rows
@@ -103,6 +105,37 @@ async def test_repeated_failures_for_one_account_are_throttled(
     assert "detail" in throttled.json()
     # Per account: another account still logs in.
     assert (await login(client, analyst.user.email, PASSWORD)).status_code == 200
+
+
+async def test_argon2_runs_beside_the_event_loop_not_on_it(
+    client: httpx.AsyncClient, admin: Account, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ~40 ms of CPU each: on the loop, every other request of the worker would wait for it.
+    loop_thread = threading.get_ident()
+    threads: list[int] = []
+    for name in ("hash_password", "verify_password"):
+        original = getattr(security, name)
+
+        def recorded(*args: Any, _original: Any = original) -> Any:
+            threads.append(threading.get_ident())
+            return _original(*args)
+
+        monkeypatch.setattr(security, name, recorded)
+
+    assert (await login(client, admin.user.email, PASSWORD)).status_code == 200
+    created = await client.post(
+        "/api/v1/users",
+        json={"email": "threaded@example.com", "password": "x" * 12, "full_name": "T"},
+        headers=admin.headers,
+    )
+    assert created.status_code == 201
+    changed = await client.patch(
+        f"/api/v1/users/{created.json()['id']}", json={"password": "y" * 12}, headers=admin.headers
+    )
+    assert changed.status_code == 200
+
+    assert len(threads) == 3
+    assert loop_thread not in threads
 
 
 async def test_a_burst_of_attempts_gets_no_more_password_checks_than_the_limit(

@@ -15,7 +15,7 @@ from fund.kit.security import (
     InvalidToken,
     issue_access_token,
     read_access_token,
-    verify_password,
+    verify_password_off_loop,
 )
 from fund.users.repository import UserRepository
 from fund.users.schemas import UserRead
@@ -61,7 +61,9 @@ class AuthService:
 
         user = await self.users.get_by_email(email) if can_be_an_account else None
         # Verified even for an unknown email (against a dummy hash): same time either way.
-        password_ok = verify_password(password, user.hashed_password if user else None)
+        password_ok = await verify_password_off_loop(
+            password, user.hashed_password if user else None
+        )
         if user is None or not password_ok or not user.is_active:
             await self.audit.record(
                 actor,

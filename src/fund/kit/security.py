@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import anyio
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -48,8 +49,17 @@ def verify_password(password: str, hashed: str | None) -> bool:
         return False
 
 
-def needs_rehash(hashed: str) -> bool:
-    return _hasher.check_needs_rehash(hashed)
+# argon2id takes ~40 ms of CPU: on the event loop that stalls every request of the worker
+# (and the Redis calls waiting on it past their timeout). argon2-cffi releases the GIL while
+# it works, so a worker thread runs it beside the loop.
+
+
+async def hash_password_off_loop(password: str) -> str:
+    return await anyio.to_thread.run_sync(hash_password, password)
+
+
+async def verify_password_off_loop(password: str, hashed: str | None) -> bool:
+    return await anyio.to_thread.run_sync(verify_password, password, hashed)
 
 
 class InvalidToken(Exception):

@@ -14,7 +14,7 @@ from fund.errors import EmailTaken, LastAdmin, NotFound
 from fund.kit.cache import Cache, Found
 from fund.kit.pagination import CursorCodec, Page, PageStart
 from fund.kit.schemas import PageOut
-from fund.kit.security import hash_password
+from fund.kit.security import hash_password_off_loop
 from fund.models import Role, User
 from fund.users.repository import UserFilters, UserRepository
 from fund.users.schemas import (
@@ -132,7 +132,7 @@ class UserService:
         user = User(
             email=data.email,
             full_name=data.full_name,
-            hashed_password=hash_password(data.password),
+            hashed_password=await hash_password_off_loop(data.password),
             role=data.role,
             is_active=data.is_active,
         )
@@ -182,7 +182,7 @@ class UserService:
                 is_active=requested.get("is_active", user.is_active),
             )
         if "password" in requested:
-            user.hashed_password = hash_password(requested["password"])
+            user.hashed_password = await hash_password_off_loop(requested["password"])
             changes["password"] = "changed"  # noqa: S105 (a marker, not a secret)
         if not changes:
             return UserRead.model_validate(user)
