@@ -283,3 +283,25 @@ async def test_the_two_ways_of_reading_a_search_are_two_statements(loaded: Loade
         pages[term] = page_read(sent)[0]
     assert "/* q: sort */" in pages[RARE]
     assert "/* q: walk */" in pages["@plans."]
+
+
+@pytest.mark.parametrize("term", [RARE, "@pl"])  # sorted through the trigram indexes; walked
+async def test_after_a_search_page_the_transaction_plans_as_before(
+    database_url: str, term: str
+) -> None:
+    """``include=audit_logs`` reads each user's entries after the page, in its transaction:
+    with index scans still off, that LATERAL would scan each user's whole history."""
+    engine = create_async_engine(database_url)
+    settings = (
+        "SELECT current_setting('enable_indexscan'), current_setting('enable_bitmapscan'),"
+        " current_setting('enable_seqscan')"
+    )
+    try:
+        async with UnitOfWork(async_sessionmaker(engine)) as work:
+            await UserRepository(work).page(
+                UserFilters(q=term), limit=LIMIT, position=None, encode=lambda _: "cursor"
+            )
+            assert work.in_transaction()
+            assert tuple((await work.session.execute(text(settings))).one()) == ("on",) * 3
+    finally:
+        await engine.dispose()

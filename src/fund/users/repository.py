@@ -96,7 +96,13 @@ _SORT_MATCHES = (
 )
 _WALK_TIME = (
     "SELECT set_config('enable_indexscan', 'on', true),"
-    " set_config('enable_bitmapscan', 'off', true)"
+    " set_config('enable_bitmapscan', 'off', true), set_config('enable_seqscan', 'off', true)"
+)
+# After a search page, what the rest of the transaction reads (include=audit_logs) is planned
+# as ever: the three settings back at the values the session started the transaction with.
+_PLANNER_AS_BEFORE = (
+    "SELECT set_config(name, reset_val, true) FROM pg_settings"
+    " WHERE name IN ('enable_indexscan', 'enable_bitmapscan', 'enable_seqscan')"
 )
 # Without a run of three letters or digits a pattern has no trigram to look up: it matches
 # broadly, and the indexes would be read whole. Such a search walks the time index.
@@ -201,7 +207,7 @@ class UserRepository(Repository):
         values = _values(filters)
         read = await self._plan_search(filters, values)
         stmt = _marked(select(User).options(WITHOUT_HASH).where(*_conditions(values)), read)
-        return await keyset_page(
+        page = await keyset_page(
             self.session,
             stmt,
             KEYSET,
@@ -211,6 +217,9 @@ class UserRepository(Repository):
             key_of=lambda u: (u.created_at, u.id),
             params=values,
         )
+        if read is not None:
+            await self.session.execute(text(_PLANNER_AS_BEFORE))
+        return page
 
     async def page_rows(
         self,
