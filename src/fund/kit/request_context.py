@@ -64,10 +64,16 @@ def set_user_id(user_id: int) -> None:
 
 
 def client_ip(scope: Scope, *, trust_forwarded: bool) -> str | None:
+    """The caller's address as the audit log records it.
+
+    Behind a trusted proxy, the last ``X-Forwarded-For`` entry: the address the proxy itself
+    saw. Entries before it were written by whoever sent the request, and a proxy that
+    appends rather than overwrites would otherwise let a client name any address it likes.
+    """
     if trust_forwarded:
-        for name, value in scope.get("headers", []):
-            if name == b"x-forwarded-for":
-                return value.decode("latin-1").split(",")[0].strip() or None
+        forwarded = [v for n, v in scope.get("headers", []) if n == b"x-forwarded-for"]
+        if forwarded:
+            return forwarded[-1].decode("latin-1").split(",")[-1].strip() or None
     client = scope.get("client")
     return client[0] if client else None
 
