@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from enum import StrEnum
 from functools import lru_cache
@@ -111,9 +112,20 @@ class Settings(BaseSettings):
         path = self.data_dir / "secret_key"
         if not path.exists():
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_urlsafe(48))
-            path.chmod(0o600)
-            log.warning("secret_key_generated", path=str(path), hint="set FUND_SECRET_KEY")
+            # Written whole and readable by its owner only before it appears under its name
+            # (a hard link fails if the name exists): a process that gets here at the same
+            # moment reads the one key that won, never a half-written or second one.
+            draft = path.with_name(f".secret_key.{secrets.token_hex(8)}")
+            fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_urlsafe(48))
+            try:
+                os.link(draft, path)
+                log.warning("secret_key_generated", path=str(path), hint="set FUND_SECRET_KEY")
+            except FileExistsError:
+                pass
+            finally:
+                draft.unlink()
         return path.read_text().strip().encode()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,21 @@ def production(**overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)
+
+
+def test_a_development_key_is_made_once_readable_by_its_owner_only(tmp_path: Path) -> None:
+    def development() -> Settings:
+        return Settings(_env_file=None, env=Environment.DEVELOPMENT, data_dir=tmp_path)
+
+    # Several workers start at once: every one must end up with the same key.
+    with ThreadPoolExecutor(8) as pool:
+        keys = set(pool.map(lambda _: development().secret(), range(8)))
+
+    [key] = keys
+    assert len(key) >= 32
+    assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600
+    assert [f.name for f in tmp_path.iterdir()] == ["secret_key"]  # no draft left behind
+    assert development().secret() == key
 
 
 def test_production_settings_refuse_unsafe_defaults() -> None:
