@@ -81,3 +81,25 @@ async def test_an_endpoint_error_rolls_the_request_back_before_it_goes_on(app: F
 
     # Rolled back and closed already: no connection left idle in transaction, holding locks.
     assert not work.in_transaction()
+
+
+async def test_every_after_commit_callback_runs_even_after_one_fails(database_url: str) -> None:
+    engine = create_async_engine(database_url)
+    ran: list[str] = []
+
+    async def failing() -> None:
+        ran.append("first")
+        raise ConnectionError("invalidation could not be recorded")
+
+    async def second() -> None:
+        ran.append("second")
+
+    try:
+        work = UnitOfWork(async_sessionmaker(engine))
+        work.after_commit(failing)
+        work.after_commit(second)
+        with pytest.raises(ConnectionError):
+            await work.commit()
+        assert ran == ["first", "second"]
+    finally:
+        await engine.dispose()
