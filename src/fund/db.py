@@ -61,8 +61,8 @@ def refuse_closed_connections(engine: AsyncEngine) -> None:
     and invalidates the whole pool, so the next request gets fresh connections.
     """
 
-    def _check(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
-        raw = getattr(dbapi_connection, "driver_connection", None)
+    def _check(_dbapi_connection: Any, _record: Any, proxy: Any) -> None:
+        raw = proxy.driver_connection  # the asyncpg connection under SQLAlchemy's adapter
         if raw is not None and raw.is_closed():
             raise DisconnectionError("connection closed by the server")
 

@@ -39,7 +39,8 @@ log = structlog.get_logger(__name__)
 
 API_PREFIX = "/api/v1"
 
-# SQLSTATE classes: 08 connection, 57P0x shutdown/restart, 53 resources, 40 rollback.
+# SQLSTATEs answered 503: class 08 connection, 57P01-03 shutdown/restart, class 53 resources,
+# 57014 a statement cancelled by its timeout. 40001/40P01 (serialization, deadlock): 409 retry.
 _UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53", "57014")
 _RETRY_SQLSTATES = ("40001", "40P01")
 _DATA_SQLSTATES = ("22",)  # data exception: bad encoding, out of range, invalid text

@@ -56,8 +56,9 @@ FAILURES_TO_OPEN = 3
 """Consecutive failed calls that open the breaker: one late reply from a busy event loop does
 not switch the cache off, and a dead Redis still costs at most this many timeouts."""
 MAX_REDIS_CALLS = 32
-FLUSH_BATCH = 500
 """Redis calls in flight per process; a burst waits here instead of opening more sockets."""
+FLUSH_BATCH = 500
+"""Tombstones written per pipelined batch when pending invalidations are flushed."""
 
 _POPULATE = """
 local now = redis.call('TIME')
