@@ -8,8 +8,10 @@ from collections.abc import Awaitable, Callable
 import httpx
 import pytest
 from fastapi import FastAPI
+from redis.asyncio import Redis
 
 from fund.config import Settings
+from fund.deps import Resources
 from fund.stats.service import StatsService
 from tests.cache.conftest import PrivateRedis, client_for, running_app
 from tests.cache.helpers import metric
@@ -100,3 +102,29 @@ async def test_two_workers_share_one_rebuild_through_redis(
 
     assert {r.status_code for batch in responses for r in batch} == {200}
     assert len(builds) <= 2  # one per worker at the very worst; the Redis lock makes it one
+
+
+async def test_a_rebuild_that_outlived_its_lock_leaves_the_next_holders_lock_alone(
+    resources: Resources, raw_redis: Redis
+) -> None:
+    lock = "fund:v1:lock:probe:1"
+
+    async def slow_build() -> bytes:
+        # As if this build ran past LOCK_MS: the lock expired and another process took it.
+        assert await raw_redis.get(lock) is not None
+        await raw_redis.set(lock, b"another process's token")
+        return b"{}"
+
+    await resources.cache.get_or_build("probe", 1, 60, slow_build)
+
+    assert await raw_redis.get(lock) == b"another process's token"
+
+
+async def test_a_rebuild_releases_its_own_lock(resources: Resources, raw_redis: Redis) -> None:
+    async def build() -> bytes:
+        assert await raw_redis.get("fund:v1:lock:probe:2") is not None
+        return b"{}"
+
+    await resources.cache.get_or_build("probe", 2, 60, build)
+
+    assert await raw_redis.get("fund:v1:lock:probe:2") is None

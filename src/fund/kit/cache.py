@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -67,6 +68,14 @@ if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV
 end
 if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then
     return 1
+end
+return 0
+"""
+
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
 end
 return 0
 """
@@ -203,6 +212,7 @@ class Cache:
         self._flights: dict[str, asyncio.Future[bytes]] = {}
         self._kept: dict[str, tuple[bytes, float]] = {}  # last rebuilds, for while Redis is down
         self._populate = redis.register_script(_POPULATE) if redis is not None else None
+        self._release = redis.register_script(_RELEASE) if redis is not None else None
 
     # -- breaker ---------------------------------------------------------------
 
@@ -430,7 +440,8 @@ class Cache:
     async def _build_once(
         self, kind: str, ident: str | int, ttl: int, build: Callable[[], Awaitable[bytes]]
     ) -> Lookup:
-        if await self._lock(kind, ident):
+        token = secrets.token_bytes(16)
+        if await self._lock(kind, ident, token):
             try:
                 cached = await self._read(kind, ident)  # built by another process meanwhile
                 if cached is not None:
@@ -439,7 +450,7 @@ class Cache:
                 await self.replace(kind, ident, value, ttl)
                 return Lookup(value, hit=False)
             finally:
-                await self._unlock(kind, ident)
+                await self._unlock(kind, ident, token)
         # Another process is rebuilding: wait for its result a little, then build anyway.
         for _ in range(40):
             await asyncio.sleep(0.025)
@@ -448,18 +459,25 @@ class Cache:
                 return Lookup(cached, hit=True)
         return Lookup(await build(), hit=False)
 
-    async def _lock(self, kind: str, ident: str | int) -> bool:
+    async def _lock(self, kind: str, ident: str | int, token: bytes) -> bool:
         try:
             got: Any = await self._call(
-                lambda r: r.set(key("lock", f"{kind}:{ident}"), b"1", px=LOCK_MS, nx=True)
+                lambda r: r.set(key("lock", f"{kind}:{ident}"), token, px=LOCK_MS, nx=True)
             )
         except CircuitOpen:
             return True  # no Redis to coordinate through: this process rebuilds alone
         return bool(got)
 
-    async def _unlock(self, kind: str, ident: str | int) -> None:
+    async def _unlock(self, kind: str, ident: str | int, token: bytes) -> None:
+        """Release the lock if it is still this build's: one that outlived ``LOCK_MS`` may
+        have expired and been taken by another process, whose lock is not ours to drop."""
+        release = self._release
+        if release is None:
+            return
         try:
-            await self._call(lambda r: r.delete(key("lock", f"{kind}:{ident}")))
+            await self._call(
+                lambda r: release(keys=[key("lock", f"{kind}:{ident}")], args=[token], client=r)
+            )
         except CircuitOpen:
             pass
 
