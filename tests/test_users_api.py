@@ -506,11 +506,9 @@ async def test_a_patch_that_deactivates_is_recorded_as_a_deactivation(
     }
 
 
-async def test_a_change_that_fails_in_the_database_leaves_no_entry(
+async def test_concurrent_creates_of_one_email_make_one_user_and_one_entry(
     client: httpx.AsyncClient, admin: Account, resources: Resources
 ) -> None:
-    # Two concurrent creates of one email: the loser fails at the unique index, after its
-    # entry would have been written; its transaction, entry included, is rolled back.
     import asyncio
 
     responses = await asyncio.gather(
@@ -522,6 +520,41 @@ async def test_a_change_that_fails_in_the_database_leaves_no_entry(
 
     assert sorted(r.status_code for r in responses) == [201, 409, 409, 409]
     assert len(await audit_rows(resources, action="CREATE", resource_type="user")) == 2  # + admin
+
+
+async def test_a_change_rolled_back_after_its_entry_was_written_takes_the_entry_along(
+    client: httpx.AsyncClient, admin: Account, resources: Resources
+) -> None:
+    """The entry is in the change's transaction: a failure as late as the commit undoes both."""
+    from sqlalchemy import text
+
+    async with resources.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql"
+                " AS $$ BEGIN RAISE EXCEPTION 'refused at commit'; END $$"
+            )
+        )
+        # Deferred: it fires at COMMIT, after the user and its CREATE entry were both written.
+        await conn.execute(
+            text(
+                "CREATE CONSTRAINT TRIGGER refuse_users_at_commit AFTER INSERT ON users"
+                " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_at_commit()"
+            )
+        )
+    entries_before = len(await audit_rows(resources))
+
+    response = await client.post(
+        USERS, json=new_user(email="late@example.com"), headers=admin.headers
+    )
+
+    assert response.status_code == 500  # a fault injected into the database, not bad input
+    async with resources.engine.connect() as conn:
+        made = await conn.scalar(
+            text("SELECT count(*) FROM users WHERE email = 'late@example.com'")
+        )
+    assert made == 0
+    assert len(await audit_rows(resources)) == entries_before
 
 
 async def test_a_failed_audit_write_fails_the_change(

@@ -700,10 +700,13 @@ async def seed_database(
                         sql = _audit_sql(seed, base_id=audit_base, total=audit_logs, pool=pool)
                         await _load_chunks(loaders, bar, "audit logs", sql, audit_logs, AUDIT_CHUNK)
             finally:
-                # Also after a failed load: the schema must come back whatever the data.
-                with _phase(phases, "indexes"):
-                    await builds.finish(loaders if users else [*loaders, spare])
-                await _finish([*loaders, spare], rebuild, loaded, phases, bar)
+                # Also after a failed load: the schema must come back whatever the data, and
+                # the foreign keys even when an index build failed.
+                try:
+                    with _phase(phases, "indexes"):
+                        await builds.finish(loaders if users else [*loaders, spare])
+                finally:
+                    await _finish([*loaders, spare], rebuild, loaded, phases, bar)
     finally:
         for conn in [*loaders, spare]:
             await conn.close()
