@@ -22,7 +22,6 @@ from fund.errors import (
 )
 from fund.kit.params import PathId
 from fund.kit.schemas import CachedJSON, PageJSON, PageOut
-from fund.models import Role
 from fund.users.repository import UserFilters
 from fund.users.schemas import (
     USER_LIST_QUERY,
@@ -86,9 +85,7 @@ router.add_api_route(
 
 @router.get("/{user_id}", response_model=UserRead, responses=documented(Forbidden, NotFound))
 async def read_user(user_id: PathId, caller: UserReader, users: UserServiceDep) -> Response:
-    if caller.role is Role.VIEWER and caller.id != user_id:
-        raise Forbidden
-    return CachedJSON(await users.get_json(user_id))
+    return CachedJSON(await users.read_json(caller, user_id))
 
 
 @router.patch(

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from fund.audit.schemas import Action, AuditLogRead, ResourceType
 from fund.audit.service import Actor, AuditService
 from fund.db import UnitOfWork
-from fund.errors import EmailTaken, LastAdmin, NotFound
+from fund.errors import EmailTaken, Forbidden, LastAdmin, NotFound
 from fund.kit.cache import Cache, Found
 from fund.kit.pagination import CursorCodec, Page, PageStart
 from fund.kit.schemas import PageOut
@@ -60,6 +60,13 @@ class UserService:
         the caller's entry; asked ahead, that one round trip to Redis brings both.
         """
         self._ahead.add(user_id)
+
+    async def read_json(self, caller: UserRead, user_id: int) -> Found:
+        """``GET /users/{id}``: the user as ``get_json`` gives it, if ``caller`` may see it (a
+        VIEWER sees only itself)."""
+        if caller.role is Role.VIEWER and caller.id != user_id:
+            raise Forbidden
+        return await self.get_json(user_id)
 
     async def get_json(self, user_id: int) -> Found:
         """The user by id as ``UserRead`` JSON, as the cache holds it (no parse on a hit)."""
