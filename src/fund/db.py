@@ -115,6 +115,13 @@ class UnitOfWork:
     def in_transaction(self) -> bool:
         return self._session is not None and self._session.in_transaction()
 
+    async def read_one_snapshot(self) -> None:
+        """Make this unit's transaction read one snapshot (REPEATABLE READ, READ ONLY), so
+        that several statements agree with one another; before its first statement."""
+        await self.session.connection(
+            execution_options={"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
+        )
+
     def after_commit(self, callback: AfterCommit) -> None:
         """Run ``callback`` once the transaction has committed (cache invalidation)."""
         self._after_commit.append(callback)
