@@ -23,7 +23,8 @@ from sqlalchemy.ext.asyncio import (
 from fund.db import UnitOfWork
 from fund.kit.pagination import Direction, Position
 from fund.models import Role
-from fund.users.repository import UserFilters, UserRepository
+from fund.users.repository import UserRepository
+from fund.users.schemas import UserFilters
 from tests.conftest import clone_database, drop_database
 from tests.services import PostgresServer
 

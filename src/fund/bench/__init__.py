@@ -40,7 +40,7 @@ from fund.config import Settings
 from fund.kit import embedded
 from fund.kit.pagination import CursorCodec, page_scope
 from fund.kit.security import derive_key
-from fund.users.repository import UserFilters
+from fund.users.schemas import UserFilters
 
 SCENARIOS = SCENARIO_NAMES
 DEFAULT_OUTPUT = Path("docs/benchmarks")

@@ -25,7 +25,8 @@ from fund.audit.schemas import Action, AuditFilters, ResourceType
 from fund.db import UnitOfWork, create_sessionmaker
 from fund.kit.pagination import Direction, Position
 from fund.models import Role
-from fund.users.repository import UserFilters, UserRepository
+from fund.users.repository import UserRepository
+from fund.users.schemas import UserFilters
 
 PAGE = 20
 DEPTHS = (0, 10_000, 100_000, 500_000, 900_000)

@@ -22,10 +22,10 @@ from fund.errors import (
 )
 from fund.kit.params import PathId
 from fund.kit.schemas import CachedJSON, PageJSON, PageOut
-from fund.users.repository import UserFilters
 from fund.users.schemas import (
     USER_LIST_QUERY,
     UserCreate,
+    UserFilters,
     UserListQuery,
     UserRead,
     UserSelfUpdate,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, Select, String, bindparam, func, or_, select, text
@@ -20,19 +19,13 @@ from fund.kit.pagination import (
     keyset_page,
 )
 from fund.models import Role, User
+from fund.users.schemas import UserFilters
 
 T = TypeVar("T")
 
 KEYSET = Keyset(User.created_at, User.id)
 # Reads that show users never fetch the password hash; touching it is an error, not a query.
 WITHOUT_HASH = defer(User.hashed_password, raiseload=True)
-
-
-@dataclass(frozen=True, slots=True)
-class UserFilters:
-    role: Role | None = None
-    is_active: bool | None = None
-    q: str | None = None
 
 
 def _like_pattern(text: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -19,6 +20,17 @@ from pydantic import (
 from fund.audit.schemas import AuditLogRead
 from fund.kit.params import NO_NUL, PageQuery, QueryModel
 from fund.models import Role
+
+
+@dataclass(frozen=True, slots=True)
+class UserFilters:
+    """The filters of ``GET /users`` (its query, less the page), as the service and the
+    repository take them; also part of a cursor's scope."""
+
+    role: Role | None = None
+    is_active: bool | None = None
+    q: str | None = None
+
 
 MIN_PASSWORD = 12
 MAX_PASSWORD = 256

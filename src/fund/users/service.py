@@ -16,9 +16,10 @@ from fund.kit.pagination import CursorCodec, Page, PageStart
 from fund.kit.schemas import PageOut
 from fund.kit.security import hash_password_off_loop
 from fund.models import Role, User
-from fund.users.repository import UserFilters, UserRepository
+from fund.users.repository import UserRepository
 from fund.users.schemas import (
     UserCreate,
+    UserFilters,
     UserRead,
     UserSelfUpdate,
     UserUpdate,
