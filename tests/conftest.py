@@ -194,7 +194,7 @@ async def make_account(
             ),
         )
         await work.commit()
-    token = issue_access_token(resources.token_key, user.id, 30).token
+    token = issue_access_token(resources.token_key, user.id, 0, 30).token  # a new account's version
     return Account(user, {"Authorization": f"Bearer {token}"}, password)
 
 

@@ -253,6 +253,124 @@ async def test_a_deactivated_users_live_token_stops_at_once(
     assert (await client.get("/api/v1/users/me", headers=analyst.headers)).status_code == 401
 
 
+async def test_a_password_change_ends_every_other_session_of_the_account(
+    client: httpx.AsyncClient, viewer: Account
+) -> None:
+    signed_in = await login(client, viewer.user.email, PASSWORD)
+    other_session = {"Authorization": f"Bearer {signed_in.json()['access_token']}"}
+    for headers in (viewer.headers, other_session):  # both good, and the account now cached
+        assert (await client.get("/api/v1/users/me", headers=headers)).status_code == 200
+
+    new_password = "a brand new passphrase"
+    changed = await client.patch(
+        "/api/v1/users/me", json={"password": new_password}, headers=viewer.headers
+    )
+
+    assert changed.status_code == 200
+    refused = await client.get("/api/v1/users/me", headers=other_session)
+    assert refused.status_code == 401
+    assert refused.headers["www-authenticate"] == "Bearer"
+    # The session the change was made in goes on.
+    assert (await client.get("/api/v1/users/me", headers=viewer.headers)).status_code == 200
+    assert (await login(client, viewer.user.email, PASSWORD)).status_code == 401
+    fresh = await login(client, viewer.user.email, new_password)
+    assert fresh.status_code == 200
+    fresh_session = {"Authorization": f"Bearer {fresh.json()['access_token']}"}
+    assert (await client.get("/api/v1/users/me", headers=fresh_session)).status_code == 200
+
+    # A change made in the new session ends the one kept before.
+    again = await client.patch(
+        "/api/v1/users/me", json={"password": "and yet another one"}, headers=fresh_session
+    )
+    assert again.status_code == 200
+    assert (await client.get("/api/v1/users/me", headers=viewer.headers)).status_code == 401
+    assert (await client.get("/api/v1/users/me", headers=fresh_session)).status_code == 200
+
+
+async def test_an_admins_password_reset_ends_the_users_sessions_not_the_admins(
+    client: httpx.AsyncClient, admin: Account, analyst: Account
+) -> None:
+    assert (await client.get("/api/v1/users/me", headers=analyst.headers)).status_code == 200
+
+    reset = await client.patch(
+        f"/api/v1/users/{analyst.id}",
+        json={"password": "reset by the administrator"},
+        headers=admin.headers,
+    )
+
+    assert reset.status_code == 200
+    assert (await client.get("/api/v1/users/me", headers=analyst.headers)).status_code == 401
+    assert (await client.get("/api/v1/users/me", headers=admin.headers)).status_code == 200
+
+
+async def test_a_kept_session_ends_with_the_next_reset(
+    client: httpx.AsyncClient, admin: Account, analyst: Account
+) -> None:
+    own = await client.patch(
+        "/api/v1/users/me", json={"password": "changed by its owner"}, headers=analyst.headers
+    )
+    assert own.status_code == 200
+    assert (await client.get("/api/v1/users/me", headers=analyst.headers)).status_code == 200
+
+    reset = await client.patch(
+        f"/api/v1/users/{analyst.id}", json={"password": "reset by an admin"}, headers=admin.headers
+    )
+
+    assert reset.status_code == 200
+    assert (await client.get("/api/v1/users/me", headers=analyst.headers)).status_code == 401
+
+
+async def test_an_admin_changing_their_own_password_on_the_admin_route_stays_signed_in(
+    client: httpx.AsyncClient, admin: Account
+) -> None:
+    other = await login(client, admin.user.email, PASSWORD)
+    other_session = {"Authorization": f"Bearer {other.json()['access_token']}"}
+
+    changed = await client.patch(
+        f"/api/v1/users/{admin.id}", json={"password": "the admin's new one"}, headers=admin.headers
+    )
+
+    assert changed.status_code == 200
+    assert (await client.get("/api/v1/users/me", headers=admin.headers)).status_code == 200
+    assert (await client.get("/api/v1/users/me", headers=other_session)).status_code == 401
+
+
+async def test_changes_other_than_the_password_keep_the_sessions(
+    client: httpx.AsyncClient, admin: Account, analyst: Account
+) -> None:
+    renamed = await client.patch(
+        "/api/v1/users/me", json={"full_name": "Still Signed In"}, headers=analyst.headers
+    )
+    changed = await client.patch(
+        f"/api/v1/users/{analyst.id}",
+        json={"email": "moved@example.com", "role": "VIEWER"},
+        headers=admin.headers,
+    )
+
+    assert (renamed.status_code, changed.status_code) == (200, 200)
+    me = await client.get("/api/v1/users/me", headers=analyst.headers)
+    assert me.status_code == 200
+    assert (me.json()["email"], me.json()["role"]) == ("moved@example.com", "VIEWER")
+
+
+@pytest.mark.parametrize("deactivate", ["DELETE", "PATCH"])
+async def test_an_account_activated_again_does_not_revive_its_old_tokens(
+    client: httpx.AsyncClient, admin: Account, analyst: Account, deactivate: str
+) -> None:
+    url = f"/api/v1/users/{analyst.id}"
+    if deactivate == "DELETE":
+        assert (await client.delete(url, headers=admin.headers)).status_code == 204
+    else:
+        off = await client.patch(url, json={"is_active": False}, headers=admin.headers)
+        assert off.status_code == 200
+
+    on = await client.patch(url, json={"is_active": True}, headers=admin.headers)
+
+    assert on.status_code == 200
+    assert (await client.get("/api/v1/users/me", headers=analyst.headers)).status_code == 401
+    assert (await login(client, analyst.user.email, PASSWORD)).status_code == 200
+
+
 async def test_a_role_change_takes_effect_on_the_next_request(
     client: httpx.AsyncClient, admin: Account, resources: Resources
 ) -> None:

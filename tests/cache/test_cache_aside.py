@@ -25,6 +25,9 @@ async def test_user_read_is_a_miss_then_a_hit(
     assert (first.headers["x-cache"], second.headers["x-cache"]) == ("miss", "hit")
     assert first.json() == second.json()
     assert first.json()["email"] == viewer.user.email
+    # The entry also holds the account's token version; neither answer shows it.
+    shown = {"id", "email", "full_name", "role", "is_active", "created_at", "updated_at"}
+    assert set(first.json()) == set(second.json()) == shown
     assert await user_entry(raw_redis, viewer.id) is not None
 
 

@@ -111,7 +111,7 @@ async def test_redis_frozen_during_a_write_then_resumed_the_next_read_is_fresh(
 
         # Whether or not the frozen server ran the timed-out tombstone on waking, put the old
         # entry back: the worst case, where the failed invalidation never reached Redis.
-        await raw_redis.set(f"fund:v1:user:{viewer.id}", old_entry)
+        await raw_redis.set(f"fund:v2:user:{viewer.id}", old_entry)
         await asyncio.sleep(COOLDOWN * 1.5)  # past the cooldown: the next read probes Redis
 
         read = await client.get(url, headers=admin.headers)

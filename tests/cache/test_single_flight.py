@@ -67,7 +67,7 @@ async def test_a_cold_stats_key_is_rebuilt_once_under_concurrent_requests(
 async def _queries_of_one_rebuild(client: httpx.AsyncClient, analyst: Account) -> float:
     app: FastAPI = client._transport.app  # type: ignore[attr-defined]
     redis = app.state.resources.cache.redis
-    await redis.delete("fund:v1:stats:global")
+    await redis.delete("fund:v2:stats:global")
     before = await db_queries(client)
     assert (await client.get("/api/v1/stats", headers=analyst.headers)).headers["x-cache"] == "miss"
     return await db_queries(client) - before
@@ -107,7 +107,7 @@ async def test_two_workers_share_one_rebuild_through_redis(
 async def test_a_rebuild_that_outlived_its_lock_leaves_the_next_holders_lock_alone(
     resources: Resources, raw_redis: Redis
 ) -> None:
-    lock = "fund:v1:lock:probe:1"
+    lock = "fund:v2:lock:probe:1"
 
     async def slow_build() -> bytes:
         # As if this build ran past LOCK_MS: the lock expired and another process took it.
@@ -122,9 +122,9 @@ async def test_a_rebuild_that_outlived_its_lock_leaves_the_next_holders_lock_alo
 
 async def test_a_rebuild_releases_its_own_lock(resources: Resources, raw_redis: Redis) -> None:
     async def build() -> bytes:
-        assert await raw_redis.get("fund:v1:lock:probe:2") is not None
+        assert await raw_redis.get("fund:v2:lock:probe:2") is not None
         return b"{}"
 
     await resources.cache.get_or_build("probe", 2, 60, build)
 
-    assert await raw_redis.get("fund:v1:lock:probe:2") is None
+    assert await raw_redis.get("fund:v2:lock:probe:2") is None

@@ -25,9 +25,11 @@ class Actor:
     ip_address: str | None
     user_agent: str | None
     request_id: str | None
+    session: str | None = None
+    """The id (``jti``) of the access token the change was made with; not recorded."""
 
-    def as_user(self, user_id: int) -> Actor:
-        return Actor(user_id, self.ip_address, self.user_agent, self.request_id)
+    def as_user(self, user_id: int, session: str | None = None) -> Actor:
+        return Actor(user_id, self.ip_address, self.user_agent, self.request_id, session)
 
 
 def _valid_ip(value: str | None) -> str | None:

@@ -45,11 +45,12 @@ class Caller(OAuth2PasswordBearer):
             ahead = _user_id(request.path_params.get(self.read_ahead))
             if ahead is not None:
                 users.read_ahead(ahead)
-        user = await authenticate(token, token_key=resources_of(request).token_key, users=users)
-        request_context.set_user_id(user.id)
-        if self.roles and user.role not in self.roles:
+        caller = await authenticate(token, token_key=resources_of(request).token_key, users=users)
+        request_context.set_user_id(caller.user.id)
+        request.state.token_id = caller.token_id  # the session a change is made in (actors)
+        if self.roles and caller.user.role not in self.roles:
             raise Forbidden
-        return user
+        return caller.user
 
 
 def _user_id(raw: object) -> int | None:
@@ -68,12 +69,12 @@ StaffUser = Annotated[UserRead, Depends(Caller(Role.ADMIN, Role.ANALYST))]
 AdminUser = Annotated[UserRead, Depends(Caller(Role.ADMIN))]
 
 
-async def actor(user: CurrentUser, anonymous: AnonymousActorDep) -> Actor:
-    return anonymous.as_user(user.id)
+async def actor(request: Request, user: CurrentUser, anonymous: AnonymousActorDep) -> Actor:
+    return anonymous.as_user(user.id, session=request.state.token_id)
 
 
-async def admin_actor(user: AdminUser, anonymous: AnonymousActorDep) -> Actor:
-    return anonymous.as_user(user.id)
+async def admin_actor(request: Request, user: AdminUser, anonymous: AnonymousActorDep) -> Actor:
+    return anonymous.as_user(user.id, session=request.state.token_id)
 
 
 ActorDep = Annotated[Actor, Depends(actor)]

@@ -76,21 +76,37 @@ class AuthService:
 
         await self.throttle.succeeded(email)
         await self.audit.record(actor.as_user(user.id), Action.LOGIN, ResourceType.USER, user.id)
-        return LoginOutcome(issue_access_token(self.token_key, user.id, self.token_minutes), None)
+        token = issue_access_token(self.token_key, user.id, user.token_version, self.token_minutes)
+        return LoginOutcome(token, None)
 
 
-async def authenticate(token: str | None, *, token_key: bytes, users: UserService) -> UserRead:
-    """The active user a bearer token belongs to, read fresh (cache invalidated on change)."""
+@dataclass(frozen=True, slots=True)
+class SignedIn:
+    """The caller of a request: its user, and the id of the token it came with."""
+
+    user: UserRead
+    token_id: str | None
+
+
+async def authenticate(token: str | None, *, token_key: bytes, users: UserService) -> SignedIn:
+    """The active user a bearer token belongs to, read fresh (cache invalidated on change).
+
+    A token issued before the account's last password change or deactivation names an
+    older ``token_version``: refused like a forged one, unless it is the token the user
+    changed their own password with.
+    """
     if not token:
         raise NotAuthenticated
     try:
-        user_id = read_access_token(token_key, token)
+        subject = read_access_token(token_key, token)
     except InvalidToken as exc:
         raise NotAuthenticated from exc
     try:
-        user = await users.get(user_id)
+        account = await users.get_account(subject.user_id)
     except NotFound as exc:
         raise NotAuthenticated from exc
-    if not user.is_active:
+    current = subject.version == account.token_version
+    kept = subject.token_id is not None and subject.token_id == account.kept_token_id
+    if not account.user.is_active or not (current or kept):
         raise NotAuthenticated
-    return user
+    return SignedIn(account.user, subject.token_id)

@@ -16,7 +16,7 @@ Rules, in one place (the reasoning is in docs/CACHING.md):
   including one that never saw Redis fail, serves an entry older than a write
   that returned.
 
-Keys are ``fund:v1:<kind>:<id>``: namespaced, versioned, and with no multi-key
+Keys are ``fund:v2:<kind>:<id>``: namespaced, versioned, and with no multi-key
 operation, so they are Redis Cluster-safe.
 """
 
@@ -43,7 +43,8 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
-NAMESPACE = "fund:v1"
+# Bumped when an entry's format changes; v2: a user entry leads with its token version.
+NAMESPACE = "fund:v2"
 TOMBSTONE = b"\x00"
 TOMBSTONE_MS = 5_000
 # A populate that Redis executes later than this after its database read began is dropped:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -72,22 +73,40 @@ class AccessToken:
     expires_in: int
 
 
-def issue_access_token(key: bytes, user_id: int, minutes: int) -> AccessToken:
+def issue_access_token(key: bytes, user_id: int, version: int, minutes: int) -> AccessToken:
+    """A token for ``user_id`` at its account's ``token_version`` (claim ``ver``), with an
+    id of its own (``jti``)."""
     now = datetime.now(UTC)
-    claims = {"sub": str(user_id), "iat": now, "exp": now + timedelta(minutes=minutes)}
+    claims = {
+        "sub": str(user_id),
+        "ver": version,
+        "jti": secrets.token_urlsafe(16),
+        "iat": now,
+        "exp": now + timedelta(minutes=minutes),
+    }
     return AccessToken(jwt.encode(claims, key, algorithm=_ALGORITHM), minutes * 60)
 
 
-def read_access_token(key: bytes, token: str) -> int:
-    """The user id the token was issued to; ``InvalidToken`` for anything else."""
-    user_id, expires_at = _verified_claims(key, token)
+@dataclass(frozen=True, slots=True)
+class TokenSubject:
+    user_id: int
+    version: int
+    """The account's ``token_version`` when the token was issued; 0 if it names none
+    (issued before versions existed, migration 009)."""
+    token_id: str | None
+    """The token's own id (``jti``); None in a token issued before migration 009."""
+
+
+def read_access_token(key: bytes, token: str) -> TokenSubject:
+    """Whom the token was issued to; ``InvalidToken`` for anything else."""
+    subject, expires_at = _verified_claims(key, token)
     if time.time() >= expires_at:
         raise InvalidToken
-    return user_id
+    return subject
 
 
 @functools.lru_cache(maxsize=4096)
-def _verified_claims(key: bytes, token: str) -> tuple[int, float]:
+def _verified_claims(key: bytes, token: str) -> tuple[TokenSubject, float]:
     """The subject and expiry of a token whose signature and claims hold.
 
     A token's signature check has one answer for a given key, so a client's repeated
@@ -104,6 +123,12 @@ def _verified_claims(key: bytes, token: str) -> tuple[int, float]:
         user_id = int(subject) if len(subject) <= 19 else 0
         if not 0 < user_id < 2**63:  # a user id is a positive bigint
             raise InvalidToken
-        return user_id, float(claims["exp"])
+        version = claims.get("ver", 0)
+        if type(version) is not int or not 0 <= version < 2**31:  # an integer column
+            raise InvalidToken
+        token_id = claims.get("jti")
+        if token_id is not None and not (isinstance(token_id, str) and 0 < len(token_id) <= 64):
+            raise InvalidToken
+        return TokenSubject(user_id, version, token_id), float(claims["exp"])
     except (jwt.InvalidTokenError, ValueError, TypeError) as exc:
         raise InvalidToken from exc

@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Enum, String, Text, func
+from sqlalchemy import BigInteger, Boolean, DateTime, Enum, Integer, String, Text, func
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from fund.models.base import Base
@@ -48,6 +48,12 @@ class User(Base):
         DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
     )
     """Time of the last change."""
+    token_version: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    """Raised by a password change and a deactivation: access tokens issued at an earlier
+    version are refused (migration 009). Never leaves the server."""
+    kept_token_id: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """The id (``jti``) of the one token of an earlier version still accepted: the one the
+    user changed their own password with. Never leaves the server."""
 
     # raiseload: a lazy load is an error, so an N+1 cannot come back unnoticed.
     audit_logs: Mapped[list[AuditLog]] = relationship(

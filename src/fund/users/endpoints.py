@@ -75,6 +75,8 @@ async def read_me(user: CurrentUser) -> UserRead:
 async def update_me(
     data: UserSelfUpdate, user: CurrentUser, actor: ActorDep, users: UserServiceDep
 ) -> UserRead:
+    """Changes the caller's name or password. A password change ends every other session
+    of the account: tokens issued before it are refused, but the one it was made with."""
     return await users.update(actor, user.id, data)
 
 
@@ -96,6 +98,8 @@ async def read_user(user_id: PathId, caller: UserReader, users: UserServiceDep) 
 async def update_user(
     user_id: PathId, data: UserUpdate, actor: AdminActor, users: UserServiceDep
 ) -> UserRead:
+    """A password change or a deactivation ends the account's sessions (all of them; an
+    admin changing their own password keeps the one it was made in)."""
     return await users.update(actor, user_id, data)
 
 
@@ -106,5 +110,6 @@ async def update_user(
     responses=documented(Forbidden, NotFound, LastAdmin),
 )
 async def deactivate_user(user_id: PathId, actor: AdminActor, users: UserServiceDep) -> None:
-    """Deactivates the account (`is_active=false`); rows are never removed."""
+    """Deactivates the account (`is_active=false`) and ends its sessions; rows are never
+    removed."""
     await users.deactivate(actor, user_id)

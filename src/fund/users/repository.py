@@ -19,7 +19,7 @@ from fund.kit.pagination import (
     keyset_page,
 )
 from fund.models import Role, User
-from fund.users.schemas import UserFilters
+from fund.users.schemas import UserFilters, UserRead
 
 T = TypeVar("T")
 
@@ -134,16 +134,18 @@ def _matches(names: tuple[str, ...]) -> DriverQuery:
     return DriverQuery(select(User.id).where(*_conditions(names)))
 
 
-# The columns ``UserRead`` shows, in its order.
-SHOWN = tuple(c for c in User.__table__.c if c.key != "hashed_password")
+# The columns ``UserRead`` shows, in its order: neither the password hash nor the token version.
+SHOWN = tuple(User.__table__.c[name] for name in UserRead.model_fields)
 
 
-_BY_ID = DriverQuery(select(*SHOWN).where(User.id == bindparam("user_id")))
+_BY_ID = DriverQuery(
+    select(*SHOWN, User.token_version, User.kept_token_id).where(User.id == bindparam("user_id"))
+)
 
 
 class UserRepository(Repository):
     async def get_row(self, user_id: int) -> dict[str, Any] | None:
-        """The shown columns of one user, on the driver.
+        """The shown columns of one user and which of its tokens are good, on the driver.
 
         Authentication reads through here on a cache miss: outside a transaction it holds
         a pooled connection only for the statement, so a request that then waits (for a

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -30,6 +31,37 @@ CACHE_KIND = "user"
 RECENT_AUDIT_LOGS = 5
 
 
+@dataclass(frozen=True, slots=True)
+class Account:
+    """A user as authentication needs it: as the API shows it, and which tokens are good."""
+
+    user: UserRead
+    token_version: int
+    kept_token_id: str | None
+
+
+def _entry_of(row: dict[str, Any]) -> bytes:
+    """A user's cache entry: ``<token_version> <kept_token_id or nothing> <UserRead JSON>``.
+
+    ``GET /users/{id}`` answers a hit with the JSON as it is, unparsed; authentication also
+    needs the rest, which never leaves the server. (A token id has no space: ``jti``s are
+    URL-safe base64.)
+    """
+    shown = UserRead.model_validate(row).model_dump_json().encode()
+    kept = (row["kept_token_id"] or "").encode()
+    return b"%d %s %s" % (row["token_version"], kept, shown)
+
+
+def _account(entry: bytes) -> Account:
+    version, kept, shown = entry.split(b" ", 2)
+    return Account(UserRead.model_validate_json(shown), int(version), kept.decode() or None)
+
+
+def _shown(entry: Found) -> Found:
+    """A cache entry's ``UserRead`` JSON, as found."""
+    return Found(entry.value.split(b" ", 2)[2], entry.hit)
+
+
 class UserService:
     def __init__(
         self,
@@ -50,9 +82,12 @@ class UserService:
 
     # -- reads -------------------------------------------------------------------
 
-    async def get(self, user_id: int) -> UserRead:
-        """The user by id, from the cache when warm. Authentication reads through here."""
-        return UserRead.model_validate_json((await self.get_json(user_id)).value)
+    async def get_account(self, user_id: int) -> Account:
+        """The user by id and which of its tokens are good, from the cache when warm.
+
+        Authentication reads through here, on every request.
+        """
+        return _account((await self._entry(user_id)).value)
 
     def read_ahead(self, user_id: int) -> None:
         """This request will read ``user_id`` too: fetch it with the next read of the cache.
@@ -63,14 +98,14 @@ class UserService:
         self._ahead.add(user_id)
 
     async def read_json(self, caller: UserRead, user_id: int) -> Found:
-        """``GET /users/{id}``: the user as ``get_json`` gives it, if ``caller`` may see it (a
-        VIEWER sees only itself)."""
+        """``GET /users/{id}``: the user as ``UserRead`` JSON, from the cache when warm (no
+        parse on a hit), if ``caller`` may see it (a VIEWER sees only itself)."""
         if caller.role is Role.VIEWER and caller.id != user_id:
             raise Forbidden
-        return await self.get_json(user_id)
+        return _shown(await self._entry(user_id))
 
-    async def get_json(self, user_id: int) -> Found:
-        """The user by id as ``UserRead`` JSON, as the cache holds it (no parse on a hit)."""
+    async def _entry(self, user_id: int) -> Found:
+        """The user's cache entry (``_entry_of``), read through the cache."""
         if user_id in self._read:
             cached = self._read.pop(user_id)
         elif not self._ahead:  # every request's caller read: nothing asked ahead
@@ -92,7 +127,7 @@ class UserService:
 
     async def _load(self, user_id: int) -> bytes | None:
         row = await self.repository.get_row(user_id)
-        return None if row is None else UserRead.model_validate(row).model_dump_json().encode()
+        return None if row is None else _entry_of(row)
 
     async def page(
         self, filters: UserFilters, *, limit: int, cursor: str | None
@@ -196,6 +231,11 @@ class UserService:
         if new_hash is not None:
             user.hashed_password = new_hash
             changes["password"] = "changed"  # noqa: S105 (a marker, not a secret)
+        deactivated = changes.get("is_active") == {"old": True, "new": False}
+        if deactivated or new_hash is not None:
+            # A user changing their own password stays signed in where they did it.
+            own = actor.user_id == user.id and not deactivated
+            self._end_sessions(user, keep=actor.session if own else None)
         if not changes:
             return UserRead.model_validate(user)
 
@@ -231,6 +271,7 @@ class UserService:
             return  # already deactivated: idempotent
         self._keep_an_admin(admins, user, role=user.role, is_active=False)
         user.is_active = False
+        self._end_sessions(user, keep=None)  # they stay ended if it is activated again
         await self.repository.save(user)
         await self.audit.record(actor, Action.DELETE, ResourceType.USER, user.id)
         self._invalidate_after_commit(user.id)
@@ -253,6 +294,13 @@ class UserService:
             return
         if admins == [user.id]:
             raise LastAdmin
+
+    @staticmethod
+    def _end_sessions(user: User, *, keep: str | None) -> None:
+        """Every access token of ``user`` is refused from now on, but the one whose id
+        (``jti``) is ``keep``."""
+        user.token_version += 1
+        user.kept_token_id = keep
 
     def _invalidate_after_commit(self, user_id: int) -> None:
         async def invalidate() -> None:
