@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     that keeps needing them opens a PostgreSQL backend every few requests (OPERATIONS.md)."""
     db_pool_timeout: float = Field(default=5.0, gt=0)
     db_connect_timeout: float = Field(default=5.0, gt=0)
+    exports_per_worker: int | None = Field(default=None, ge=1)
+    """Audit exports a worker streams at once, each on a pooled connection for as long as it
+    lasts; one more waits up to ``db_pool_timeout`` for a turn, then gets a 503. Unset: half
+    of ``db_pool_size``, so exports never take the connections every other request needs."""
     db_statement_timeout_ms: int = Field(default=15_000, ge=0)
     redis_socket_timeout: float = Field(default=0.05, gt=0)
     """Redis socket timeout in seconds: a hung Redis costs at most this per call."""
@@ -87,6 +91,10 @@ class Settings(BaseSettings):
             if len(self.secret_key.get_secret_value()) < 32:  # type: ignore[union-attr]
                 raise UnsafeSettingsError("FUND_SECRET_KEY must be at least 32 characters")
         return self
+
+    @property
+    def export_slots(self) -> int:
+        return self.exports_per_worker or max(1, self.db_pool_size // 2)
 
     @property
     def is_production(self) -> bool:

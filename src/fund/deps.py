@@ -16,6 +16,7 @@ from fund.db import UnitOfWork, unit_of_work
 from fund.kit.cache import Cache
 from fund.kit.pagination import CursorCodec
 from fund.kit.request_context import client_ip, request_id
+from fund.kit.slots import Slots
 from fund.users.service import UserService
 
 
@@ -30,6 +31,8 @@ class Resources:
     cursors: CursorCodec
     token_key: bytes
     throttle: LoginThrottle
+    export_slots: Slots
+    """Audit exports streaming at once in this process (``Settings.export_slots``)."""
 
 
 def resources_of(request: Request) -> Resources:

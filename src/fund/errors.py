@@ -85,6 +85,11 @@ class Unavailable(FundError):
     default_headers: ClassVar[dict[str, str]] = {"Retry-After": "1"}
 
 
+class ExportsBusy(Unavailable):
+    detail = "Too many audit exports in progress; try again later"
+    default_headers: ClassVar[dict[str, str]] = {"Retry-After": "5"}
+
+
 def error_response(error: FundError) -> JSONResponse:
     """The one HTTP rendering of a domain error."""
     return JSONResponse(

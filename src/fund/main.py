@@ -31,6 +31,7 @@ from fund.kit.logging import configure_logging
 from fund.kit.pagination import CursorCodec, InvalidCursor
 from fund.kit.request_context import RequestContextMiddleware
 from fund.kit.security import derive_key
+from fund.kit.slots import Slots
 from fund.ops.endpoints import router as ops_router
 from fund.stats.endpoints import router as stats_router
 from fund.users.endpoints import router as users_router
@@ -71,6 +72,7 @@ def build_resources(settings: Settings) -> Resources:
             max_failures=settings.login_max_failures,
             window_seconds=settings.login_lockout_seconds,
         ),
+        export_slots=Slots(settings.export_slots, wait=settings.db_pool_timeout),
     )
 
 

@@ -167,6 +167,7 @@ async def test_an_export_cut_short_by_the_database_never_looks_complete(
     assert all(m.get("more_body") for m in bodies)  # never the last frame
     assert sum(len(m["body"]) for m in bodies) < 50_000 * 40  # cut well before the end
     assert await no_copy_left(resources)
+    assert resources.export_slots.held == 0  # its turn is given back
 
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.strip()]
     ours = [line for line in lines if line.get("request_id") == "export-cut-1"]
@@ -217,6 +218,7 @@ async def test_a_client_gone_before_the_first_byte_frees_the_export_at_once(
         await app(scope, receive, send)
     # No await in between: nothing but the response itself can have closed the export.
     assert pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert resources.export_slots.held == 0
     assert await no_copy_left(resources)
     # Nor a task waiting for the next chunk: asyncio would log "Task was destroyed but it is
     # pending!" at an error level when the garbage collector finds it.

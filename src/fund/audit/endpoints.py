@@ -25,6 +25,7 @@ from fund.db import UnitOfWork
 from fund.deps import AuditServiceDep, Resources, ResourcesDep
 from fund.errors import (
     BadCursor,
+    ExportsBusy,
     Forbidden,
     NotAuthenticated,
     NotFound,
@@ -68,7 +69,8 @@ async def list_audit_logs(
         200: {
             "description": "Every matching entry: one JSON object per line, or CSV with a header",
             "content": {media_type: {} for media_type in export.MEDIA_TYPES.values()},
-        }
+        },
+        **documented(ExportsBusy),
     },
 )
 async def export_audit_logs(
@@ -122,7 +124,9 @@ async def _export_chunks(
 ) -> AsyncGenerator[bytes, None]:
     # Its own unit of work: the stream outlives the request's.
     async with UnitOfWork(resources.sessions) as work:
-        chunks = AuditService(work, resources.cursors).export(filters, export_format)
+        chunks = AuditService(work, resources.cursors).export(
+            filters, export_format, slots=resources.export_slots
+        )
         async with aclosing(chunks):
             async for chunk in chunks:
                 yield chunk

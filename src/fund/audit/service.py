@@ -12,8 +12,9 @@ from fund.audit import export
 from fund.audit.repository import AuditRepository
 from fund.audit.schemas import Action, AuditFilters, ExportFormat, ResourceType
 from fund.db import UnitOfWork
-from fund.errors import NotFound
+from fund.errors import ExportsBusy, NotFound
 from fund.kit.pagination import CursorCodec, Page
+from fund.kit.slots import NoSlot, Slots
 from fund.models import AuditLog
 
 
@@ -91,22 +92,32 @@ class AuditService:
         await self.record(actor, Action.DELETE, ResourceType.AUDIT_LOG, entry_id)
 
     async def export(
-        self, filters: AuditFilters, export_format: ExportFormat
+        self, filters: AuditFilters, export_format: ExportFormat, *, slots: Slots
     ) -> AsyncGenerator[bytes, None]:
         """The export's body, in chunks: a CSV export starts with its header row.
 
         The first chunk comes from the database (the header travels with it), so a caller
-        that awaits it knows the export could start: an HTTP answer can still be an error.
+        that awaits it knows the export could start: an HTTP answer can still be an error,
+        ``ExportsBusy`` among them when ``slots`` has no turn for it in time. The turn is
+        taken before the unit of work's connection, and held until the body ends.
         """
-        header = export.csv_header() if export_format is ExportFormat.CSV else b""
-        # aclosing: a reader that leaves closes the lines' generator then and there (not when
-        # collected), so the COPY ends and its connection is retired before this unit closes.
-        async with aclosing(self.repository.copy_lines(filters, export_format)) as chunks:
-            async for chunk in chunks:
-                yield header + chunk if header else chunk
-                header = b""
-        if header:  # no entry matched: the header alone
-            yield header
+        try:
+            await slots.take()
+        except NoSlot:
+            raise ExportsBusy from None
+        try:
+            header = export.csv_header() if export_format is ExportFormat.CSV else b""
+            # aclosing: a reader that leaves closes the lines' generator then and there (not
+            # when collected), so the COPY ends and its connection is retired before this
+            # unit closes.
+            async with aclosing(self.repository.copy_lines(filters, export_format)) as chunks:
+                async for chunk in chunks:
+                    yield header + chunk if header else chunk
+                    header = b""
+            if header:  # no entry matched: the header alone
+                yield header
+        finally:
+            slots.give_back()
 
     async def latest_by_actors(self, user_ids: Sequence[int], per_user: int) -> list[AuditLog]:
         return await self.repository.latest_by_actors(user_ids, per_user)
