@@ -7,13 +7,15 @@ from contextlib import aclosing
 from typing import Annotated
 
 import structlog
-from fastapi import APIRouter, Depends, Query, status
+from fastapi import APIRouter, Depends, status
 from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from fund.audit import export
 from fund.audit.schemas import (
+    AUDIT_EXPORT_QUERY,
     AUDIT_LIST_QUERY,
+    AuditExportQuery,
     AuditFilters,
     AuditListQuery,
     AuditLogRead,
@@ -44,8 +46,6 @@ router = APIRouter(
     responses=documented(NotAuthenticated, Forbidden, Unavailable),
 )
 
-Filters = Annotated[AuditFilters, Query()]
-
 
 @router.get(
     "",
@@ -72,15 +72,15 @@ async def list_audit_logs(
         },
         **documented(ExportsBusy),
     },
+    openapi_extra=AUDIT_EXPORT_QUERY.openapi,
 )
 async def export_audit_logs(
-    filters: Filters,
     _: AdminUser,
+    query: Annotated[AuditExportQuery, Depends(AUDIT_EXPORT_QUERY)],
     resources: ResourcesDep,
-    format: Annotated[ExportFormat, Query()] = ExportFormat.JSONL,
 ) -> StreamingResponse:
     """Every matching entry in page order, streamed in constant memory."""
-    chunks = _export_chunks(resources, filters, format)
+    chunks = _export_chunks(resources, query.filters, query.format)
     try:
         # Before the status line: an export that cannot start (the database is down, say)
         # is answered with its error status, not with a 200 and a broken body.
@@ -91,8 +91,8 @@ async def export_audit_logs(
     return _ExportResponse(
         chunks,
         first,
-        media_type=export.MEDIA_TYPES[format],
-        headers={"Content-Disposition": f'attachment; filename="audit-logs.{format.value}"'},
+        media_type=export.MEDIA_TYPES[query.format],
+        headers={"Content-Disposition": f'attachment; filename="audit-logs.{query.format.value}"'},
     )
 
 

@@ -145,9 +145,31 @@ class AuditListQuery(PageQuery, AuditFilters):
     @property
     def filters(self) -> AuditFilters:
         """The filters alone (a cursor's scope), as validated here."""
-        return AuditFilters.model_construct(
-            **{name: getattr(self, name) for name in AuditFilters.model_fields}
-        )
+        return _filters_of(self)
+
+
+class AuditExportQuery(AuditFilters):
+    """The query string of ``GET /audit-logs/export``: the filters, then the format.
+
+    Unknown parameters are refused, as on the lists (``PageQuery``): an export that
+    ignored a misspelt filter would hand over the whole trail.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: ExportFormat = Field(default=ExportFormat.JSONL, description="jsonl or csv")
+
+    @property
+    def filters(self) -> AuditFilters:
+        """The filters alone, as validated here."""
+        return _filters_of(self)
+
+
+def _filters_of(query: AuditFilters) -> AuditFilters:
+    return AuditFilters.model_construct(
+        **{name: getattr(query, name) for name in AuditFilters.model_fields}
+    )
 
 
 AUDIT_LIST_QUERY = QueryModel(AuditListQuery)
+AUDIT_EXPORT_QUERY = QueryModel(AuditExportQuery)
