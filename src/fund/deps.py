@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from fund.audit.service import Actor, AuditService
+from fund.auth.service import AuthService
 from fund.auth.throttle import LoginThrottle
 from fund.config import Settings
 from fund.db import UnitOfWork, unit_of_work
@@ -17,6 +18,7 @@ from fund.kit.cache import Cache
 from fund.kit.pagination import CursorCodec
 from fund.kit.request_context import client_ip, request_id
 from fund.kit.slots import Slots
+from fund.stats.service import StatsService
 from fund.users.service import UserService
 
 
@@ -76,8 +78,26 @@ async def get_audit_service(request: Request, work: WorkDep) -> AuditService:
     return AuditService(work, resources_of(request).cursors)
 
 
+async def get_auth_service(request: Request, work: WorkDep) -> AuthService:
+    resources = resources_of(request)
+    return AuthService(
+        work,
+        resources.throttle,
+        resources.cursors,
+        token_key=resources.token_key,
+        token_minutes=resources.settings.access_token_minutes,
+    )
+
+
+async def get_stats_service(request: Request, work: WorkDep) -> StatsService:
+    resources = resources_of(request)
+    return StatsService(work, resources.cache, ttl=resources.settings.cache_stats_ttl)
+
+
 UserServiceDep = Annotated[UserService, Depends(get_user_service)]
 AuditServiceDep = Annotated[AuditService, Depends(get_audit_service)]
+AuthServiceDep = Annotated[AuthService, Depends(get_auth_service)]
+StatsServiceDep = Annotated[StatsService, Depends(get_stats_service)]
 
 
 async def anonymous_actor(request: Request) -> Actor:

@@ -9,8 +9,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import OAuth2PasswordRequestForm
 
 from fund.auth.schemas import TokenOut
-from fund.auth.service import AuthService
-from fund.deps import AnonymousActorDep, ResourcesDep, WorkDep
+from fund.deps import AnonymousActorDep, AuthServiceDep
 from fund.errors import (
     InvalidCredentials,
     MalformedBody,
@@ -31,17 +30,9 @@ router = APIRouter(prefix="/auth", tags=["auth"])
 async def issue_token(
     form: Annotated[OAuth2PasswordRequestForm, Depends()],
     actor: AnonymousActorDep,
-    work: WorkDep,
-    resources: ResourcesDep,
+    auth: AuthServiceDep,
 ) -> TokenOut | JSONResponse:
-    service = AuthService(
-        work,
-        resources.throttle,
-        resources.cursors,
-        token_key=resources.token_key,
-        token_minutes=resources.settings.access_token_minutes,
-    )
-    outcome = await service.login(actor, form.username, form.password)
+    outcome = await auth.login(actor, form.username, form.password)
     if outcome.refusal is not None:
         # Returned, not raised: the LOGIN_FAILED entry must commit with this request.
         return error_response(outcome.refusal)

@@ -5,11 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from fund.auth.dependencies import StaffUser
-from fund.deps import ResourcesDep, WorkDep
+from fund.deps import StatsServiceDep
 from fund.errors import Forbidden, NotAuthenticated, Unavailable, documented
 from fund.kit.schemas import CachedJSON
 from fund.stats.schemas import StatsOut
-from fund.stats.service import StatsService
 
 router = APIRouter(
     prefix="/stats",
@@ -19,7 +18,6 @@ router = APIRouter(
 
 
 @router.get("", response_model=StatsOut)
-async def read_stats(_: StaffUser, work: WorkDep, resources: ResourcesDep) -> CachedJSON:
+async def read_stats(_: StaffUser, stats: StatsServiceDep) -> CachedJSON:
     """Cached up to `FUND_CACHE_STATS_TTL` seconds (`X-Cache: hit|miss`)."""
-    service = StatsService(work, resources.cache, ttl=resources.settings.cache_stats_ttl)
-    return CachedJSON(await service.get())
+    return CachedJSON(await stats.get())
