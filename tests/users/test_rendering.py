@@ -15,7 +15,7 @@ from sqlalchemy import text
 from fund.deps import Resources
 from fund.kit.schemas import PageOut
 from fund.stats.schemas import StatsOut
-from fund.users.schemas import UserRead
+from fund.users.schemas import UserRead, UserWithAuditRead
 from tests.conftest import Account
 
 
@@ -77,3 +77,48 @@ async def test_cached_stats_are_sent_as_statsout_renders_them(
         assert response.headers["content-type"] == "application/json"
         rendered = StatsOut.model_validate_json(response.content).model_dump_json()
         assert response.content == rendered.encode()
+
+
+async def test_a_page_with_audit_logs_is_what_pageout_renders(
+    client: httpx.AsyncClient, resources: Resources, admin: Account, viewer: Account
+) -> None:
+    async with resources.engine.begin() as conn:
+        # The viewer's own entries, with the values that render in more than one way: whole
+        # and single-microsecond times, an IPv6 address, no address, nested and non-ASCII
+        # details; and a soft-deleted one, which include=audit_logs leaves out.
+        await conn.execute(
+            text(
+                "INSERT INTO audit_logs (timestamp, user_id, action, resource_type, resource_id,"
+                " details, ip_address, user_agent, request_id, is_deleted) VALUES"
+                " (:whole, :uid, 'UPDATE', 'user', :rid, :nested, '2001:db8::1', 'UA \"x\"',"
+                "  'r1', false),"
+                " (:micro, :uid, 'LOGIN', 'user', :rid, '{}', NULL, NULL, NULL, false),"
+                " (:later, :uid, 'LOGIN', 'user', :rid, '{}', '10.0.0.1', NULL, NULL, true)"
+            ),
+            {
+                "uid": viewer.id,
+                "rid": str(viewer.id),
+                "whole": datetime(2024, 2, 29, 12, 0, 0, tzinfo=UTC),
+                "micro": datetime(2024, 2, 29, 12, 0, 0, 1, tzinfo=UTC),
+                "later": datetime(2024, 3, 1, tzinfo=UTC),
+                "nested": '{"changes": {"full_name": {"old": "Zoë", "new": "Zoë \\"Q\\""}}}',
+            },
+        )
+
+    response = await client.get(
+        "/api/v1/users", params={"include": "audit_logs", "limit": 5}, headers=admin.headers
+    )
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    rendered = PageOut[UserWithAuditRead].model_validate_json(response.content).model_dump_json()
+    assert response.content == rendered.encode()
+    (viewers,) = [u for u in response.json()["items"] if u["id"] == viewer.id]
+    entries = viewers["recent_audit_logs"]
+    assert [e["timestamp"] for e in entries] == [
+        "2024-02-29T12:00:00.000001Z",
+        "2024-02-29T12:00:00Z",
+    ]
+    for entry in entries:  # as the single-entry route, rendered by its model, shows it
+        single = await client.get(f"/api/v1/audit-logs/{entry['id']}", headers=admin.headers)
+        assert single.json() == entry

@@ -299,8 +299,12 @@ async def test_after_a_search_page_the_transaction_plans_as_before(
     )
     try:
         async with UnitOfWork(async_sessionmaker(engine)) as work:
-            await UserRepository(work).page(
-                UserFilters(q=term), limit=LIMIT, position=None, encode=lambda _: "cursor"
+            await UserRepository(work).page_rows(
+                UserFilters(q=term),
+                limit=LIMIT,
+                position=None,
+                encode=lambda _: "cursor",
+                reads_on=True,
             )
             assert work.in_transaction()
             assert tuple((await work.session.execute(text(settings))).one()) == ("on",) * 3

@@ -119,5 +119,9 @@ class AuditService:
         finally:
             slots.give_back()
 
-    async def latest_by_actors(self, user_ids: Sequence[int], per_user: int) -> list[AuditLog]:
-        return await self.repository.latest_by_actors(user_ids, per_user)
+    async def latest_by_actors(
+        self, user_ids: Sequence[int], per_user: int
+    ) -> list[dict[str, Any]]:
+        """Each actor's ``per_user`` newest entries (hidden ones left out), as rows of
+        ``AuditLogRead``'s fields: by actor, newest first."""
+        return await self.repository.latest_rows_by_actors(user_ids, per_user)

@@ -418,20 +418,20 @@ async def n_plus_one_scenario(
     for size in page_sizes:
 
         async def naive(work: UnitOfWork, size: int = size) -> None:
-            page = await UserRepository(work).page(
+            page = await UserRepository(work).page_rows(
                 UserFilters(), limit=size, position=None, encode=_noop_encode
             )
             audit = AuditRepository(work)
             for user in page.items:  # the N in N+1
                 await audit.page(
-                    AuditFilters(user_id=user.id), limit=5, position=None, encode=_noop_encode
+                    AuditFilters(user_id=user["id"]), limit=5, position=None, encode=_noop_encode
                 )
 
         async def include(work: UnitOfWork, size: int = size) -> None:
-            page = await UserRepository(work).page(
+            page = await UserRepository(work).page_rows(
                 UserFilters(), limit=size, position=None, encode=_noop_encode
             )
-            await AuditRepository(work).latest_by_actors([u.id for u in page.items], 5)
+            await AuditRepository(work).latest_rows_by_actors([u["id"] for u in page.items], 5)
 
         naive_ms, naive_statements = await _timed(engine, naive, repeats)
         include_ms, include_statements = await _timed(engine, include, repeats)

@@ -529,7 +529,7 @@ def _n_plus_one_section(run: BenchRun, chart_names: list[str]) -> list[str]:
         "",
         "A page of users with each one's 5 newest audit entries: one query per user "
         "(`AuditRepository.page(user_id=…)`) against one LATERAL query for the page "
-        "(`AuditRepository.latest_by_actors`). Wall time of a fresh session, median. "
+        "(`AuditRepository.latest_rows_by_actors`). Wall time of a fresh session, median. "
         "Statements are all those sent, including any transaction-local planner setting a "
         "repository sends before its SELECT.",
         "",

@@ -48,12 +48,14 @@ async def list_users(
     _: StaffUser,
     query: Annotated[UserListQuery, Depends(USER_LIST_QUERY)],
     users: UserServiceDep,
-) -> PageJSON | PageOut[UserWithAuditRead]:
+) -> PageJSON:
     """Newest first (`created_at DESC, id DESC`), in cursor pages."""
     filters = UserFilters(role=query.role, is_active=query.is_active, q=query.q)
     if query.include == "audit_logs":
-        return await users.page_with_audit_logs(filters, limit=query.limit, cursor=query.cursor)
-    return PageJSON(await users.page(filters, limit=query.limit, cursor=query.cursor))
+        page = await users.page_with_audit_logs(filters, limit=query.limit, cursor=query.cursor)
+    else:
+        page = await users.page(filters, limit=query.limit, cursor=query.cursor)
+    return PageJSON(page)
 
 
 @router.post(

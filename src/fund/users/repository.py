@@ -16,7 +16,6 @@ from fund.kit.pagination import (
     Page,
     Position,
     driver_keyset_page,
-    keyset_page,
 )
 from fund.models import Role, User
 from fund.users.schemas import UserFilters, UserRead
@@ -190,32 +189,6 @@ class UserRepository(Repository):
     async def any_user(self) -> bool:
         return await self.session.scalar(select(User.id).limit(1)) is not None
 
-    async def page(
-        self,
-        filters: UserFilters,
-        *,
-        limit: int,
-        position: Position | None,
-        encode: Callable[[Position], str],
-    ) -> Page[User]:
-        """A page of ORM users (the path that loads more per user)."""
-        values = _values(filters)
-        read = await self._plan_search(filters, values)
-        stmt = _marked(select(User).options(WITHOUT_HASH).where(*_conditions(values)), read)
-        page = await keyset_page(
-            self.session,
-            stmt,
-            KEYSET,
-            limit=limit,
-            position=position,
-            encode=encode,
-            key_of=lambda u: (u.created_at, u.id),
-            params=values,
-        )
-        if read is not None:
-            await self.session.execute(text(_PLANNER_AS_BEFORE))
-        return page
-
     async def page_rows(
         self,
         filters: UserFilters,
@@ -223,17 +196,20 @@ class UserRepository(Repository):
         limit: int,
         position: Position | None,
         encode: Callable[[Position], str],
+        reads_on: bool = False,
     ) -> Page[dict[str, Any]]:
-        """The same page as ``page``, as plain rows of the shown columns, on the driver.
+        """A page of users, as plain rows of the shown columns, on the driver.
 
         The hottest list of the API: one compiled statement per filter shape, run in one
         round trip, its rows rendered without models (``fund.db.DriverQuery``). A search
-        (``q``) first settles how the page is read (``SEARCH_FEW``), in a transaction.
+        (``q``) first settles how the page is read (``SEARCH_FEW``), in a transaction;
+        when the transaction ``reads_on`` (``include=audit_logs``), its planner settings are
+        then put back, so the rest is planned as ever.
         """
         values = _values(filters)
         read = await self._plan_search(filters, values)
         source, keyset = _rows_source(tuple(values), read)
-        return await driver_keyset_page(
+        page = await driver_keyset_page(
             self.work,
             lambda: source,
             keyset,
@@ -243,6 +219,9 @@ class UserRepository(Repository):
             encode=encode,
             params=values,
         )
+        if read is not None and reads_on:
+            await self.session.execute(text(_PLANNER_AS_BEFORE))
+        return page
 
     async def _plan_search(self, filters: UserFilters, values: Mapping[str, Any]) -> str | None:
         """For a search, how this page's transaction reads it (``SEARCH_FEW``): ``"sort"``
