@@ -30,8 +30,8 @@ test: check pytest ## lint, type-check and run every test against real PostgreSQ
 check: lint types ## ruff (format and lint) and mypy
 
 lint: $(STAMP) ## ruff format --check and ruff check
-	$(BIN)/ruff format --check src tests
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/ruff check src tests scripts
 
 types: $(STAMP) ## mypy --strict
 	$(BIN)/mypy
@@ -40,8 +40,8 @@ pytest: $(STAMP) ## the test suite only
 	$(BIN)/pytest
 
 format: $(STAMP) ## apply ruff format and the safe fixes
-	$(BIN)/ruff format src tests
-	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests scripts
+	$(BIN)/ruff check --fix src tests scripts
 
 seed: $(STAMP) ## 100k users and 1M audit logs into the configured database
 	$(BIN)/fund seed --users 100000 --audit-logs 1000000

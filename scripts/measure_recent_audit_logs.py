@@ -1,6 +1,6 @@
 """Measure the two ways to give a page of 100 users their 5 newest audit entries.
 
-LATERAL: ``AuditRepository.latest_by_actors`` (one statement, 5 index rows per user).
+LATERAL: ``AuditRepository.latest_rows_by_actors`` (one statement, 5 index rows per user).
 selectinload: the relationship loaded whole (``WHERE user_id IN (...)``), 5 kept per user
 in Python — what ``selectinload(User.audit_logs)`` does.
 
@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import selectinload
 
 from fund.audit.repository import AuditRepository
+from fund.db import UnitOfWork
 from fund.models import User
 
 USERS = 200_000
@@ -97,8 +98,8 @@ async def measure(
         ).scalar_one()
 
     async def lateral() -> int:
-        async with sessions() as session:
-            return len(await AuditRepository(session).latest_by_actors(ids, PER_USER))
+        async with UnitOfWork(sessions) as work:
+            return len(await AuditRepository(work).latest_rows_by_actors(ids, PER_USER))
 
     async def selectin() -> int:
         async with sessions() as session:
