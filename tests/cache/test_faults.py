@@ -187,3 +187,34 @@ async def test_login_throttling_works_without_redis(
     )
     assert throttled.status_code == 429
     assert int(throttled.headers["retry-after"]) > 0
+
+
+async def test_a_password_reset_where_redis_was_unreachable_ends_the_sessions_everywhere(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    cache_settings: Settings,
+    admin: Account,
+    viewer: Account,
+    raw_redis: Redis,
+) -> None:
+    """The token version travels in the cached account: a stale entry would let the old
+    tokens in. Worker A resets the password without reaching Redis; worker B, whose Redis
+    still holds the entry from before, must refuse them."""
+    unreachable = cache_settings.model_copy(
+        update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"}
+    )
+    assert (await client.get("/api/v1/users/me", headers=viewer.headers)).status_code == 200
+    stale = await user_entry(raw_redis, viewer.id)
+    assert stale is not None and stale != TOMBSTONE
+
+    async with running_app(unreachable) as worker_a, client_for(worker_a) as client_a:
+        reset = await client_a.patch(
+            f"/api/v1/users/{viewer.id}",
+            json={"password": "reset while redis was away"},
+            headers=admin.headers,
+        )
+        assert reset.status_code == 200
+
+    assert await user_entry(raw_redis, viewer.id) == stale
+    refused = await client.get("/api/v1/users/me", headers=viewer.headers)
+    assert refused.status_code == 401
