@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from fund.audit import repository as audit_repository
 from fund.audit.repository import EXPORT_CHUNK_BYTES, AuditRepository
 from fund.audit.schemas import Action, AuditFilters, ExportFormat, ResourceType
 from fund.config import Environment, Settings
@@ -191,8 +192,9 @@ def refusals(plan: dict[str, Any]) -> list[str]:
 async def deep_position(work: UnitOfWork, filters: AuditFilters) -> Position:
     """The entry 90% of the way down this filter's match set (or mid-year when none match)."""
     session = work.session
-    repository = AuditRepository(work)
-    query = repository._filtered(filters).subquery()
+    values = audit_repository._values(filters)
+    conditions = audit_repository._conditions(values, include_deleted=filters.include_deleted)
+    query = select(AuditLog).where(*conditions).params(values).subquery()
     total = await session.scalar(select(func.count()).select_from(query))
     if not total:
         return Position(datetime(2025, 6, 15, tzinfo=UTC), ROWS // 2, Direction.NEXT)

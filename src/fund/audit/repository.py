@@ -12,7 +12,6 @@ import orjson
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
-    Select,
     Text,
     bindparam,
     case,
@@ -20,7 +19,6 @@ from sqlalchemy import (
     func,
     literal_column,
     select,
-    text,
     true,
     update,
 )
@@ -34,7 +32,6 @@ from fund.kit.pagination import (
     Page,
     Position,
     driver_keyset_page,
-    keyset_page,
 )
 from fund.models import AuditLog
 
@@ -245,31 +242,10 @@ class AuditRepository(Repository):
         )
         return result.scalar_one_or_none() is not None
 
-    def _filtered(self, filters: AuditFilters) -> Select[AuditLog]:
-        """Entries matching ``filters``, the values bound into the statement."""
-        values = _values(filters)
-        conditions = _conditions(values, include_deleted=filters.include_deleted)
-        return select(AuditLog).where(*conditions).params(values)
-
-    async def page(
-        self, filters: AuditFilters, *, limit: int, position: Position | None, encode: Any
-    ) -> Page[AuditLog]:
-        """A page of ORM entries (the N+1 comparison of the benchmark reads through here)."""
-        await self.session.execute(text(INDEX_ORDER_ONLY))
-        return await keyset_page(
-            self.session,
-            self._filtered(filters),
-            KEYSET,
-            limit=limit,
-            position=position,
-            encode=encode,
-            key_of=lambda e: (e.timestamp, e.id),
-        )
-
     async def page_rows(
         self, filters: AuditFilters, *, limit: int, position: Position | None, encode: Any
     ) -> Page[dict[str, Any]]:
-        """The same page as ``page``, as plain rows of ``AuditLogRead``'s fields, on the driver.
+        """A page of entries, as plain rows of ``AuditLogRead``'s fields, on the driver.
 
         ``GET /audit-logs``: one compiled statement per filter shape and direction, in a
         read-only transaction that prices sorts out (``INDEX_ORDER_ONLY``) and begins in

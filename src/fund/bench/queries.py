@@ -423,7 +423,7 @@ async def n_plus_one_scenario(
             )
             audit = AuditRepository(work)
             for user in page.items:  # the N in N+1
-                await audit.page(
+                await audit.page_rows(
                     AuditFilters(user_id=user["id"]), limit=5, position=None, encode=_noop_encode
                 )
 

@@ -33,7 +33,6 @@ from enum import Enum
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import ColumnElement, CompoundSelect, Integer, Select, bindparam, tuple_, union_all
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from fund.db import DriverQuery, UnitOfWork, driver_fetch
@@ -192,28 +191,6 @@ def keyset_values(*, limit: int, position: Position | None) -> dict[str, Any]:
         values[CURSOR_KEY] = position.key
         values[CURSOR_ID] = position.id
     return values
-
-
-async def keyset_page(
-    session: AsyncSession,
-    stmt: Select[T],
-    keyset: Keyset,
-    *,
-    limit: int,
-    position: Position | None,
-    encode: Callable[[Position], str],
-    key_of: Callable[[T], tuple[datetime, int]],
-    params: Mapping[str, Any] | None = None,
-) -> Page[T]:
-    """Run ``stmt`` (filters applied, no ORDER BY) as one page of ORM rows from ``position``.
-
-    ``params`` are the values of the filters' own placeholders, if they have any.
-    """
-    shape = keyset_statement(stmt, keyset, direction=position.direction if position else None)
-    statement = stmt.from_statement(shape) if position is not None else shape
-    values = keyset_values(limit=limit, position=position) | dict(params or {})
-    rows = list((await session.scalars(statement, values)).all())
-    return page_of_rows(rows, limit=limit, position=position, encode=encode, key_of=key_of)
 
 
 async def driver_keyset_page(

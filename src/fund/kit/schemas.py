@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import orjson
@@ -16,28 +15,12 @@ T = TypeVar("T")
 
 
 class PageOut(BaseModel, Generic[T]):
+    """A page as the API shows it: the lists' documented schema (``PageJSON`` renders it)."""
+
     items: list[T]
     next_cursor: str | None
     prev_cursor: str | None
     has_more: bool
-
-    @classmethod
-    def of(cls, page: Page[Any], item: Callable[[Any], T]) -> PageOut[T]:
-        return cls(
-            items=[item(row) for row in page.items],
-            next_cursor=page.next_cursor,
-            prev_cursor=page.prev_cursor,
-            has_more=page.has_more,
-        )
-
-    @classmethod
-    def from_items(cls, page: Page[Any], items: Sequence[T]) -> PageOut[T]:
-        return cls(
-            items=list(items),
-            next_cursor=page.next_cursor,
-            prev_cursor=page.prev_cursor,
-            has_more=page.has_more,
-        )
 
 
 class PageJSON(Response):
