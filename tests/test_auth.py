@@ -12,10 +12,12 @@ import httpx
 import jwt
 import orjson
 import pytest
+from sqlalchemy import text
 
 from fund.deps import Resources
 from fund.kit import security
 from fund.models import Role
+from fund.users.service import CACHE_KIND
 from tests.conftest import PASSWORD, Account, make_account
 from tests.helpers import audit_rows, count_rows
 
@@ -205,6 +207,18 @@ def _bad_tokens(resources: Resources, user_id: int) -> dict[str, str]:
         "sub-not-a-number": jwt.encode({**good, "sub": "admin"}, key, algorithm="HS256"),
         "sub-unknown-user": jwt.encode({**good, "sub": "999999"}, key, algorithm="HS256"),
         "tampered-payload": _tamper(jwt.encode(good, key, algorithm="HS256")),
+        # Signed, with a token id no token of ours has: a space would split the cached
+        # account's entry, were it kept as the session of a password change.
+        **{
+            f"jti-{name}": jwt.encode({**good, "jti": jti}, key, algorithm="HS256")
+            for name, jti in {
+                "space": "a b",
+                "leading-space": " lead",
+                "trailing-space": "trail ",
+                "nul": "\x00",
+                "non-ascii": "é",
+            }.items()
+        },
     }
 
 
@@ -492,3 +506,97 @@ async def test_a_body_that_is_not_what_it_claims_is_a_documented_400(
         assert isinstance(response.json()["detail"], str)
         assert "400" in schema["paths"][template][method]["responses"], (method, template)
     assert await count_rows(resources, "users") == before
+
+
+async def test_a_token_id_no_token_of_ours_has_cannot_be_kept_by_a_password_change(
+    client: httpx.AsyncClient, viewer: Account, resources: Resources
+) -> None:
+    """Even signed with the key: the change is refused with the token, and the account,
+    its cache entry and its other sessions stay whole."""
+    now = datetime.now(UTC)
+    spaced = jwt.encode(
+        {"sub": str(viewer.id), "jti": "a b", "iat": now, "exp": now + timedelta(minutes=5)},
+        resources.token_key,
+        algorithm="HS256",
+    )
+    changed = await client.patch(
+        "/api/v1/users/me",
+        json={"password": "chosen with a forged id"},
+        headers={"Authorization": f"Bearer {spaced}"},
+    )
+
+    assert changed.status_code == 401
+    assert (await client.get("/api/v1/users/me", headers=viewer.headers)).status_code == 200
+    assert (await login(client, viewer.user.email, PASSWORD)).status_code == 200
+
+
+async def test_a_password_change_that_waited_out_a_reset_is_refused(
+    client: httpx.AsyncClient, viewer: Account, resources: Resources
+) -> None:
+    """The caller's session is checked again once the account's row is locked: a change
+    made in a session that a reset ended while it waited for the row must not choose the
+    password after the reset (and keep its session)."""
+    async with resources.engine.connect() as reset:
+        await reset.begin()
+        await reset.execute(
+            text("SELECT 1 FROM users WHERE id = :id FOR UPDATE"), {"id": viewer.id}
+        )
+        change = asyncio.create_task(
+            client.patch(
+                "/api/v1/users/me",
+                json={"password": "chosen by whoever holds the token"},
+                headers=viewer.headers,
+            )
+        )
+        await _until_waiting_for_a_lock(resources)
+        # What an admin's reset commits: a new password, every session ended.
+        await reset.execute(
+            text(
+                "UPDATE users SET hashed_password = :hash, token_version = token_version + 1,"
+                " kept_token_id = NULL WHERE id = :id"
+            ),
+            {"id": viewer.id, "hash": security.hash_password("reset by an administrator")},
+        )
+        await reset.commit()
+    await resources.cache.invalidate(CACHE_KIND, viewer.id)  # as the service's reset does
+
+    refused = await asyncio.wait_for(change, timeout=30)
+
+    assert refused.status_code == 401
+    assert refused.headers["www-authenticate"] == "Bearer"
+    assert (
+        await login(client, viewer.user.email, "chosen by whoever holds the token")
+    ).status_code == 401
+    assert (await login(client, viewer.user.email, "reset by an administrator")).status_code == 200
+    assert (await client.get("/api/v1/users/me", headers=viewer.headers)).status_code == 401
+
+
+async def _until_waiting_for_a_lock(resources: Resources) -> None:
+    for _ in range(500):
+        async with resources.engine.connect() as conn:
+            waiting = await conn.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND query LIKE '%FOR UPDATE%'"
+                )
+            )
+        if waiting:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the change never waited for the row")
+
+
+async def test_an_analyst_lists_users_without_their_audit_entries(
+    client: httpx.AsyncClient, admin: Account, analyst: Account
+) -> None:
+    """The entries are the audit trail's, which only an ADMIN may read."""
+    params: dict[str, str | int] = {"include": "audit_logs", "limit": 5}
+    refused = await client.get("/api/v1/users", params=params, headers=analyst.headers)
+    plain = await client.get("/api/v1/users", params={"limit": 5}, headers=analyst.headers)
+    allowed = await client.get("/api/v1/users", params=params, headers=admin.headers)
+
+    assert refused.status_code == 403
+    assert refused.json() == {"detail": "Not allowed for your role"}
+    assert plain.status_code == 200
+    assert allowed.status_code == 200
+    assert all("recent_audit_logs" in user for user in allowed.json()["items"])

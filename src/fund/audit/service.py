@@ -14,6 +14,7 @@ from fund.audit.schemas import Action, AuditFilters, ExportFormat, ResourceType
 from fund.db import UnitOfWork
 from fund.errors import ExportsBusy, NotFound
 from fund.kit.pagination import CursorCodec, Page
+from fund.kit.security import TokenSubject
 from fund.kit.slots import NoSlot, Slots
 from fund.models import AuditLog
 
@@ -26,10 +27,10 @@ class Actor:
     ip_address: str | None
     user_agent: str | None
     request_id: str | None
-    session: str | None = None
-    """The id (``jti``) of the access token the change was made with; not recorded."""
+    session: TokenSubject | None = None
+    """The access token the change was made with; not recorded."""
 
-    def as_user(self, user_id: int, session: str | None = None) -> Actor:
+    def as_user(self, user_id: int, session: TokenSubject | None = None) -> Actor:
         return Actor(user_id, self.ip_address, self.user_agent, self.request_id, session)
 
 

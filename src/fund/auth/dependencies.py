@@ -47,7 +47,7 @@ class Caller(OAuth2PasswordBearer):
                 users.read_ahead(ahead)
         caller = await authenticate(token, token_key=resources_of(request).token_key, users=users)
         request_context.set_user_id(caller.user.id)
-        request.state.token_id = caller.token_id  # the session a change is made in (actors)
+        request.state.session = caller.token  # the session a change is made in (actors)
         if self.roles and caller.user.role not in self.roles:
             raise Forbidden
         return caller.user
@@ -70,11 +70,11 @@ AdminUser = Annotated[UserRead, Depends(Caller(Role.ADMIN))]
 
 
 async def actor(request: Request, user: CurrentUser, anonymous: AnonymousActorDep) -> Actor:
-    return anonymous.as_user(user.id, session=request.state.token_id)
+    return anonymous.as_user(user.id, session=request.state.session)
 
 
 async def admin_actor(request: Request, user: AdminUser, anonymous: AnonymousActorDep) -> Actor:
-    return anonymous.as_user(user.id, session=request.state.token_id)
+    return anonymous.as_user(user.id, session=request.state.session)
 
 
 ActorDep = Annotated[Actor, Depends(actor)]

@@ -13,6 +13,7 @@ from fund.kit.pagination import CursorCodec
 from fund.kit.security import (
     AccessToken,
     InvalidToken,
+    TokenSubject,
     issue_access_token,
     read_access_token,
     verify_password_off_loop,
@@ -82,10 +83,10 @@ class AuthService:
 
 @dataclass(frozen=True, slots=True)
 class SignedIn:
-    """The caller of a request: its user, and the id of the token it came with."""
+    """The caller of a request: its user, and the token it came with."""
 
     user: UserRead
-    token_id: str | None
+    token: TokenSubject
 
 
 async def authenticate(token: str | None, *, token_key: bytes, users: UserService) -> SignedIn:
@@ -105,8 +106,8 @@ async def authenticate(token: str | None, *, token_key: bytes, users: UserServic
         account = await users.get_account(subject.user_id)
     except NotFound as exc:
         raise NotAuthenticated from exc
-    current = subject.version == account.token_version
-    kept = subject.token_id is not None and subject.token_id == account.kept_token_id
-    if not account.user.is_active or not (current or kept):
+    if not account.user.is_active or not subject.accepted_by(
+        account.token_version, account.kept_token_id
+    ):
         raise NotAuthenticated
-    return SignedIn(account.user, subject.token_id)
+    return SignedIn(account.user, subject)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -31,6 +32,9 @@ _DUMMY_HASH = _hasher.hash("not a real password, only spends the same time")
 
 _ALGORITHM = "HS256"
 _ALGORITHMS = [_ALGORITHM]  # fixed: "none" and asymmetric confusion are impossible
+# What ``issue_access_token`` makes a token id of (``secrets.token_urlsafe``): the account's
+# cache entry keeps one between spaces, so nothing else is taken, even signed.
+_TOKEN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def derive_key(secret: bytes, purpose: str) -> bytes:
@@ -94,7 +98,15 @@ class TokenSubject:
     """The account's ``token_version`` when the token was issued; 0 if it names none
     (issued before versions existed, migration 009)."""
     token_id: str | None
-    """The token's own id (``jti``); None in a token issued before migration 009."""
+    """The token's own id (``jti``, URL-safe base64); None in a token issued before
+    migration 009."""
+
+    def accepted_by(self, token_version: int, kept_token_id: str | None) -> bool:
+        """Whether the account, at ``token_version`` and keeping ``kept_token_id``'s
+        session, still takes this token: issued at its current version, or the one kept."""
+        return self.version == token_version or (
+            self.token_id is not None and self.token_id == kept_token_id
+        )
 
 
 def read_access_token(key: bytes, token: str) -> TokenSubject:
@@ -127,7 +139,9 @@ def _verified_claims(key: bytes, token: str) -> tuple[TokenSubject, float]:
         if type(version) is not int or not 0 <= version < 2**31:  # an integer column
             raise InvalidToken
         token_id = claims.get("jti")
-        if token_id is not None and not (isinstance(token_id, str) and 0 < len(token_id) <= 64):
+        if token_id is not None and not (
+            isinstance(token_id, str) and _TOKEN_ID.fullmatch(token_id)
+        ):
             raise InvalidToken
         return TokenSubject(user_id, version, token_id), float(claims["exp"])
     except (jwt.InvalidTokenError, ValueError, TypeError) as exc:

@@ -45,14 +45,17 @@ router = APIRouter(
     openapi_extra=USER_LIST_QUERY.openapi,
 )
 async def list_users(
-    _: StaffUser,
+    caller: StaffUser,
     query: Annotated[UserListQuery, Depends(USER_LIST_QUERY)],
     users: UserServiceDep,
 ) -> PageJSON:
-    """Newest first (`created_at DESC, id DESC`), in cursor pages."""
+    """Newest first (`created_at DESC, id DESC`), in cursor pages. `include=audit_logs`
+    (each user's 5 newest entries) is for an ADMIN only, as the audit trail is."""
     filters = UserFilters(role=query.role, is_active=query.is_active, q=query.q)
     if query.include == "audit_logs":
-        page = await users.page_with_audit_logs(filters, limit=query.limit, cursor=query.cursor)
+        page = await users.page_with_audit_logs(
+            caller, filters, limit=query.limit, cursor=query.cursor
+        )
     else:
         page = await users.page(filters, limit=query.limit, cursor=query.cursor)
     return PageJSON(page)

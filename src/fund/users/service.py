@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from fund.audit.schemas import Action, ResourceType
 from fund.audit.service import Actor, AuditService
 from fund.db import UnitOfWork
-from fund.errors import EmailTaken, Forbidden, LastAdmin, NotFound
+from fund.errors import EmailTaken, Forbidden, LastAdmin, NotAuthenticated, NotFound
 from fund.kit.cache import Cache, Found
 from fund.kit.pagination import CursorCodec, Page, PageStart
 from fund.kit.security import hash_password_off_loop
@@ -137,10 +137,16 @@ class UserService:
         )
 
     async def page_with_audit_logs(
-        self, filters: UserFilters, *, limit: int, cursor: str | None
+        self, caller: UserRead, filters: UserFilters, *, limit: int, cursor: str | None
     ) -> Page[dict[str, Any]]:
         """The same page, each user with their newest audit entries (one more statement):
-        rows of exactly the fields ``UserWithAuditRead`` shows."""
+        rows of exactly the fields ``UserWithAuditRead`` shows.
+
+        Only for an ADMIN (403 otherwise): the entries are the audit trail's, which only an
+        ADMIN may read (``GET /audit-logs``); an ANALYST lists users without them.
+        """
+        if caller.role is not Role.ADMIN:
+            raise Forbidden
         start = self._start(filters, cursor)
         page = await self.repository.page_rows(
             filters, limit=limit, position=start.position, encode=start.encode, reads_on=True
@@ -200,9 +206,8 @@ class UserService:
             if "role" in requested or requested.get("is_active") is False
             else None
         )
-        user = await self.repository.get_for_update(user_id)
-        if user is None:
-            raise NotFound("User not found")
+        user = await self._lock_for_change(actor, user_id)
+        own = actor.user_id == user.id
         changes: dict[str, Any] = {}
 
         if "email" in requested and requested["email"] != user.email:
@@ -226,8 +231,8 @@ class UserService:
         deactivated = changes.get("is_active") == {"old": True, "new": False}
         if deactivated or new_hash is not None:
             # A user changing their own password stays signed in where they did it.
-            own = actor.user_id == user.id and not deactivated
-            self._end_sessions(user, keep=actor.session if own else None)
+            keep = actor.session.token_id if own and actor.session and not deactivated else None
+            self._end_sessions(user, keep=keep)
         if not changes:
             return UserRead.model_validate(user)
 
@@ -241,6 +246,22 @@ class UserService:
         await self._record_changes(actor, user.id, changes)
         self._invalidate_after_commit(user.id)
         return UserRead.model_validate(user)
+
+    async def _lock_for_change(self, actor: Actor, user_id: int) -> User:
+        """The user's row, locked for the change (404 if there is none).
+
+        A change to one's own account made in a session the locked account no longer takes
+        is refused (401): it ended, by a reset or a deactivation, while the request waited
+        for the row. Without this, a password change racing an admin's reset could choose
+        the password after the reset and keep its session.
+        """
+        user = await self.repository.get_for_update(user_id)
+        if user is None:
+            raise NotFound("User not found")
+        session = actor.session if actor.user_id == user.id else None
+        if session and not session.accepted_by(user.token_version, user.kept_token_id):
+            raise NotAuthenticated
+        return user
 
     async def _record_changes(self, actor: Actor, user_id: int, changes: dict[str, Any]) -> None:
         """An UPDATE entry for ``changes``, but a deactivation is recorded as one (DELETE),
@@ -256,9 +277,7 @@ class UserService:
 
     async def deactivate(self, actor: Actor, user_id: int) -> None:
         admins = await self.repository.lock_active_admins()
-        user = await self.repository.get_for_update(user_id)
-        if user is None:
-            raise NotFound("User not found")
+        user = await self._lock_for_change(actor, user_id)
         if not user.is_active:
             return  # already deactivated: idempotent
         self._keep_an_admin(admins, user, role=user.role, is_active=False)
