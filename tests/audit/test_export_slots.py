@@ -13,12 +13,14 @@ import asyncio
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from starlette.types import Message
 
+from fund.audit import endpoints as audit_endpoints
 from fund.deps import Resources
 from fund.kit.slots import Slots
-from tests.audit.test_export_interrupted import fill
+from tests.audit.test_export_interrupted import fill, no_copy_left
 from tests.conftest import Account
 
 EXPORT = "/api/v1/audit-logs/export"
@@ -117,3 +119,27 @@ def test_half_the_pool_by_default(settings: Any) -> None:
     assert settings.db_pool_size == 5
     assert settings.export_slots == 2
     assert settings.model_copy(update={"exports_per_worker": 4}).export_slots == 4
+
+
+async def test_a_client_that_stops_reading_is_let_go_and_its_turn_comes_back(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    resources: Resources,
+    admin: Account,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client that takes the first chunk and then nothing would otherwise hold its turn,
+    its COPY and its connection until the export's one-hour limit."""
+    monkeypatch.setattr(audit_endpoints, "EXPORT_STALL_SECONDS", 0.3)
+    await fill(resources, 20_000)
+    resources.export_slots = Slots(1, wait=0.2)
+    stalled = StalledReader(app, admin)  # never lets go by itself
+
+    await asyncio.wait_for(stalled.task, timeout=30)  # the export ended, the client let go
+
+    assert stalled.status == 200
+    assert resources.export_slots.held == 0
+    assert await no_copy_left(resources)
+    again = await client.get(EXPORT, headers=admin.headers)
+    assert again.status_code == 200
+    assert again.text.count("\n") == 20_000 + 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Annotated
@@ -9,7 +10,7 @@ from typing import Annotated
 import structlog
 from fastapi import APIRouter, Depends, status
 from fastapi.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from fund.audit import export
 from fund.audit.schemas import (
@@ -132,11 +133,17 @@ async def _export_chunks(
                 yield chunk
 
 
+EXPORT_STALL_SECONDS = 60.0
+"""A client that takes nothing of an export for this long is let go: its export ends, and
+with it its turn (``FUND_EXPORTS_PER_WORKER``), its COPY and its pooled connection. Without
+it, a client that stops reading would hold them until the export's own time limit."""
+
+
 class _ExportResponse(StreamingResponse):
     """``first``, then the rest of ``chunks``; ``chunks`` (its COPY, its pooled connection) is
     closed when the response ends, however it ends: also when the client leaves before the
     first byte or while a chunk is being sent, which leave the body's generator suspended
-    until the garbage collector finds it."""
+    until the garbage collector finds it, or stalls (``EXPORT_STALL_SECONDS``)."""
 
     def __init__(
         self,
@@ -150,8 +157,16 @@ class _ExportResponse(StreamingResponse):
         self.chunks = chunks
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_in_time(message: Message) -> None:
+            try:
+                async with asyncio.timeout(EXPORT_STALL_SECONDS):
+                    await send(message)  # the server waits while the client reads nothing
+            except TimeoutError:
+                log.warning("export_stalled", seconds=EXPORT_STALL_SECONDS)
+                raise StreamInterrupted from None
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, send_in_time)
         finally:
             await self.chunks.aclose()
 
