@@ -1,5 +1,6 @@
-"""``GET /audit-logs`` renders driver rows itself: each page must be byte for byte what
-``PageOut[AuditLogRead]`` writes, and each item what ``GET /audit-logs/{id}`` answers."""
+"""``GET /audit-logs`` and ``GET /audit-logs/{id}`` render driver rows themselves: each page
+must be byte for byte what ``PageOut[AuditLogRead]`` writes, each single entry what
+``AuditLogRead`` writes, and each item of a page what the single entry's route answers."""
 
 from __future__ import annotations
 
@@ -41,6 +42,9 @@ async def test_an_audit_page_is_what_pageout_renders(
         assert page.content == rendered.encode()
         for item in page.json()["items"]:
             single = await client.get(f"/api/v1/audit-logs/{item['id']}", headers=admin.headers)
+            assert single.headers["content-type"] == "application/json"
+            rendered_one = AuditLogRead.model_validate_json(single.content).model_dump_json()
+            assert single.content == rendered_one.encode()
             assert single.json() == item
     actions = [item["action"] for item in first.json()["items"]]
     assert actions[:2] == ["LOGIN_FAILED", "CREATE"]

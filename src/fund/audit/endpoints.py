@@ -38,7 +38,7 @@ from fund.errors import (
 )
 from fund.kit.params import PathId
 from fund.kit.request_context import StreamInterrupted
-from fund.kit.schemas import PageJSON, PageOut
+from fund.kit.schemas import PageJSON, PageOut, RowJSON
 
 log = structlog.get_logger(__name__)
 router = APIRouter(
@@ -103,8 +103,8 @@ router.add_api_route(
 
 
 @router.get("/{entry_id}", response_model=AuditLogRead, responses=documented(NotFound))
-async def read_audit_log(entry_id: PathId, _: AdminUser, audit: AuditServiceDep) -> AuditLogRead:
-    return AuditLogRead.model_validate(await audit.get(entry_id))
+async def read_audit_log(entry_id: PathId, _: AdminUser, audit: AuditServiceDep) -> RowJSON:
+    return RowJSON(await audit.get_row(entry_id))
 
 
 @router.delete(

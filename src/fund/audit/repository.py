@@ -197,6 +197,11 @@ _PLAIN_CELLS = frozenset({"id", "timestamp", "user_id", "ip_address", "is_delete
 
 
 @functools.cache
+def _by_id() -> DriverQuery:
+    return DriverQuery(select(*_shown_columns()).where(AuditLog.id == bindparam("entry_id")))
+
+
+@functools.cache
 def _latest_by_actors() -> DriverQuery:
     """``include=audit_logs``'s read: for each id of ``ids``, its ``per_user`` newest entries
     (``idx_audit_logs_user_id_timestamp``, walked and stopped), as the page's rows.
@@ -231,6 +236,16 @@ class AuditRepository(Repository):
 
     async def get(self, entry_id: int) -> AuditLog | None:
         return await self.session.get(AuditLog, entry_id)
+
+    async def get_row(self, entry_id: int) -> dict[str, Any] | None:
+        """One entry as a row of ``AuditLogRead``'s fields, like ``page_rows``', on the driver:
+        one round trip, where the session's read is three (BEGIN, SELECT, COMMIT)."""
+        rows = await driver_fetch(self.work, _by_id(), {"entry_id": entry_id})
+        if not rows:
+            return None
+        row = rows[0]
+        row["details"] = orjson.loads(row["details"])
+        return row
 
     async def soft_delete(self, entry_id: int) -> bool:
         """Mark an entry deleted; False when it does not exist or already is."""

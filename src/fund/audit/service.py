@@ -76,6 +76,13 @@ class AuditService:
             raise NotFound("Audit log entry not found")
         return entry
 
+    async def get_row(self, entry_id: int) -> dict[str, Any]:
+        """``GET /audit-logs/{id}``: the entry as a row of ``AuditLogRead``'s fields."""
+        row = await self.repository.get_row(entry_id)
+        if row is None:
+            raise NotFound("Audit log entry not found")
+        return row
+
     async def page(
         self, filters: AuditFilters, *, limit: int, cursor: str | None
     ) -> Page[dict[str, Any]]:

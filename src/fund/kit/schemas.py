@@ -47,6 +47,15 @@ class PageJSON(Response):
         )
 
 
+class RowJSON(Response):
+    """One plain row rendered straight to JSON, as ``PageJSON`` renders each of its items."""
+
+    media_type = "application/json"
+
+    def __init__(self, row: dict[str, Any]) -> None:
+        super().__init__(orjson.dumps(row, option=orjson.OPT_UTC_Z))
+
+
 class CachedJSON(Response):
     """A cached entity sent as the cache holds it, with ``X-Cache: hit|miss``.
 
