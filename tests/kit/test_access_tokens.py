@@ -51,6 +51,7 @@ def test_a_token_is_remembered_per_key() -> None:
         {"sub": "1", "ver": -1, "exp": 4_000_000_000, "iat": 0},
         {"sub": "1", "ver": 2**31, "exp": 4_000_000_000, "iat": 0},
         {"sub": "1", "ver": None, "exp": 4_000_000_000, "iat": 0},
+        {"sub": "1", "exp": 10**400, "iat": 0},  # no float holds it
         {"sub": "1", "jti": 7, "exp": 4_000_000_000, "iat": 0},
         {"sub": "1", "jti": "", "exp": 4_000_000_000, "iat": 0},
         {"sub": "1", "jti": "x" * 65, "exp": 4_000_000_000, "iat": 0},

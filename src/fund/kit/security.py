@@ -144,5 +144,5 @@ def _verified_claims(key: bytes, token: str) -> tuple[TokenSubject, float]:
         ):
             raise InvalidToken
         return TokenSubject(user_id, version, token_id), float(claims["exp"])
-    except (jwt.InvalidTokenError, ValueError, TypeError) as exc:
+    except (jwt.InvalidTokenError, ValueError, TypeError, OverflowError) as exc:
         raise InvalidToken from exc
