@@ -6,7 +6,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
     AwareDatetime,
@@ -19,7 +19,7 @@ from pydantic import (
     field_validator,
 )
 
-from fund.kit.params import NO_NUL, PageQuery, QueryModel
+from fund.kit.params import NO_NUL, PageQuery, QueryModel, WholeNumber
 
 
 def rfc3339(moment: datetime) -> str:
@@ -106,7 +106,7 @@ class AuditFilters(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    user_id: int | None = Field(default=None, ge=1, le=2**63 - 1)
+    user_id: Annotated[int, WholeNumber] | None = Field(default=None, ge=1, le=2**63 - 1)
     action: Action | None = None
     resource_type: ResourceType | None = None
     resource_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=NO_NUL)

@@ -2,18 +2,37 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Path, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
 
 M = TypeVar("M", bound=BaseModel)
 
 # PostgreSQL text cannot hold NUL: refused as a 422 here rather than by the database.
 NO_NUL = r"^[^\x00]*$"
 
-PathId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+_WHOLE_NUMBER = re.compile(r"-?[0-9]+")
+
+
+def _whole_number(value: object) -> object:
+    """A number in a URL is written in decimal digits, nothing else. pydantic's lax mode
+    would also read ``3.0``, `` 5 ``, ``+5`` and ``1_000``: a client that sends those
+    has made a mistake it should hear about (API.md: a limit other than 1..100 is a 422)."""
+    if isinstance(value, str) and not _WHOLE_NUMBER.fullmatch(value):
+        raise PydanticCustomError(
+            "int_parsing", "Input should be a whole number, in decimal digits"
+        )
+    return value
+
+
+WholeNumber = BeforeValidator(_whole_number)
+"""Marks an ``int`` read from a URL: decimal digits only (see ``_whole_number``)."""
+
+PathId = Annotated[int, Path(ge=1, le=2**63 - 1), WholeNumber]
 
 
 VALIDATION_ERROR = {
@@ -33,7 +52,9 @@ class PageQuery(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    limit: int = Field(default=20, ge=1, le=100, description="Page size, 1..100")
+    limit: Annotated[int, WholeNumber] = Field(
+        default=20, ge=1, le=100, description="Page size, 1..100"
+    )
     # Its minLength is documented, not enforced here: a cursor that is not one is a 400
     # (API.md), not a 422.
     cursor: str | None = Field(
@@ -57,7 +78,9 @@ class QueryModel(Generic[M]):
     FastAPI no longer sees the parameters, so the route documents them itself: pass
     ``openapi`` as its ``openapi_extra``. A refusal is the 422 FastAPI's own would be (each
     error at ``["query", name]``, all errors at once); a model that forbids extra fields
-    refuses unknown parameters the same way.
+    refuses unknown parameters the same way, and a parameter given twice is refused too:
+    reading one of its values would answer, silently, a question the client did not ask
+    (``?action=LOGIN&action=CREATE`` is not "either").
     """
 
     def __init__(self, model: type[M]) -> None:
@@ -69,13 +92,27 @@ class QueryModel(Generic[M]):
         }
 
     async def __call__(self, request: Request) -> M:
+        query = request.query_params
+        values = dict(query)
+        if len(values) != len(query.multi_items()):
+            raise RequestValidationError(_repeated(query.multi_items()))
         try:
-            # A repeated parameter counts once, its last value, as FastAPI reads a scalar.
-            return self.model.model_validate(dict(request.query_params))
+            return self.model.model_validate(values)
         except ValidationError as exc:
             raise RequestValidationError(
                 [{**e, "loc": ("query", *e["loc"])} for e in exc.errors(include_url=False)]
             ) from None
+
+
+def _repeated(items: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    seen: dict[str, int] = {}
+    for name, _ in items:
+        seen[name] = seen.get(name, 0) + 1
+    return [
+        {"type": "repeated", "loc": ("query", name), "msg": "Give this parameter once"}
+        for name, count in seen.items()
+        if count > 1
+    ]
 
 
 def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
