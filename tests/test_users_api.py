@@ -150,6 +150,8 @@ async def test_a_duplicate_email_in_any_case_is_409(
 BAD_CREATES: dict[str, Any] = {
     "short-password": new_user(password="11 chars..."),
     "long-password": new_user(password="x" * 257),
+    "blank-password": new_user(password=" " * 12),
+    "blank-password-of-tabs-and-newlines": new_user(password="\t\n" * 8),
     "bad-email": new_user(email="not-an-email"),
     "email-with-spaces": new_user(email="a b@example.com"),
     "unknown-role": new_user(role="ROOT"),
@@ -324,6 +326,7 @@ BAD_PATCHES: dict[str, Any] = {
     "created-at": {"created_at": "2020-01-01T00:00:00Z"},
     "hashed-password": {"hashed_password": "x"},
     "short-password": {"password": "short"},
+    "blank-password": {"password": " " * 16},
     "bad-role": {"role": "GOD"},
     "bad-email": {"email": "nope"},
     "is-active-zero": {"is_active": 0},

@@ -36,7 +36,19 @@ MIN_PASSWORD = 12
 MAX_PASSWORD = 256
 
 Email = Annotated[EmailStr, Field(max_length=320), AfterValidator(str.lower)]
-Password = Annotated[str, Field(min_length=MIN_PASSWORD, max_length=MAX_PASSWORD)]
+
+
+def _not_blank(password: str) -> str:
+    """Spaces count towards the length (a passphrase has them), but twelve of them and
+    nothing else is no password: a client that sends that has lost the real one."""
+    if password.isspace():
+        raise ValueError("a password cannot be only spaces")
+    return password
+
+
+Password = Annotated[
+    str, Field(min_length=MIN_PASSWORD, max_length=MAX_PASSWORD), AfterValidator(_not_blank)
+]
 FullName = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=NO_NUL)
 ]
