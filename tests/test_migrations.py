@@ -11,6 +11,7 @@ from alembic import command
 from alembic.script import ScriptDirectory
 
 from fund.db import alembic_config
+from tests.ops.processes import FUND, environment_without_fund
 from tests.services import PostgresServer
 
 SCHEMA_QUERY = """
@@ -140,5 +141,33 @@ async def test_007_makes_the_audit_identifiers_compare_bytewise(
     conn = await asyncpg.connect(postgres.dsn(empty_database))
     try:
         assert dict(await conn.fetch(query, columns)) == dict.fromkeys(columns, "default")
+    finally:
+        await conn.close()
+
+
+async def test_processes_migrating_one_database_at_once_take_turns(
+    postgres: PostgresServer, empty_database: str
+) -> None:
+    """App servers started together on a new database each migrate it first: the one that
+    waited finds nothing left to do, rather than failing on the tables the other made."""
+    env = environment_without_fund(
+        FUND_DATABASE_URL=postgres.url(empty_database), FUND_LOG_LEVEL="WARNING"
+    )
+    processes = [
+        await asyncio.create_subprocess_exec(
+            FUND, "db", "upgrade", env=env, stderr=asyncio.subprocess.PIPE
+        )
+        for _ in range(3)
+    ]
+    outcomes = []
+    for process in processes:
+        _, err = await process.communicate()
+        outcomes.append((process.returncode, err.decode()))
+    assert [code for code, _ in outcomes] == [0, 0, 0], outcomes
+    conn = await asyncpg.connect(postgres.dsn(empty_database))
+    try:
+        assert await conn.fetchval("SELECT version_num FROM alembic_version") == revisions()[-1]
+        # No process is left holding (or waiting for) the lock.
+        assert await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
     finally:
         await conn.close()
