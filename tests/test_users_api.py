@@ -163,6 +163,9 @@ BAD_CREATES: dict[str, Any] = {
     "missing-password": {k: v for k, v in new_user().items() if k != "password"},
     "empty-full-name": new_user(full_name="   "),
     "full-name-too-long": new_user(full_name="x" * 201),
+    "full-name-with-an-escape": new_user(full_name="Bad \x1b[31mred"),
+    "full-name-with-a-newline": new_user(full_name="Two\nlines"),
+    "full-name-with-a-c1-control": new_user(full_name="Odd\x85name"),
     "is-active-not-bool": new_user(is_active="maybe"),
     # JSON has booleans: a number or a string for one is a client's bug, not a value.
     "is-active-zero": new_user(is_active=0),
@@ -327,6 +330,7 @@ BAD_PATCHES: dict[str, Any] = {
     "hashed-password": {"hashed_password": "x"},
     "short-password": {"password": "short"},
     "blank-password": {"password": " " * 16},
+    "full-name-with-a-tab": {"full_name": "Tab\there"},
     "bad-role": {"role": "GOD"},
     "bad-email": {"email": "nope"},
     "is-active-zero": {"is_active": 0},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -14,6 +15,7 @@ from pydantic import (
     Field,
     StrictBool,
     StringConstraints,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -49,8 +51,23 @@ def _not_blank(password: str) -> str:
 Password = Annotated[
     str, Field(min_length=MIN_PASSWORD, max_length=MAX_PASSWORD), AfterValidator(_not_blank)
 ]
+# A name is printed in back-office screens, exports and terminals: no control characters
+# (C0, DEL, C1), which could break a CSV reader's lines or restyle a terminal (ESC).
+NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]*$"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _no_control_characters(name: str) -> str:
+    if _CONTROL.search(name):
+        raise ValueError("a name cannot hold control characters (tabs, line breaks, escapes)")
+    return name
+
+
 FullName = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=NO_NUL)
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    AfterValidator(_no_control_characters),
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 200, "pattern": NO_CONTROL}),
 ]
 
 
