@@ -6,16 +6,24 @@ import asyncio
 import os
 import sys
 
+import asyncpg
+
+from fund.bootstrap import FIRST_ADMIN_EMAIL, create_first_admin
+from fund.config import Settings
+from fund.kit.security import verify_password
 from tests.conftest import SECRET
 from tests.services import PostgresServer
 
 
-async def fund(database_url: str, *args: str) -> tuple[int, str, str]:
+async def fund(
+    database_url: str, *args: str, stdin: bytes | None = None, **settings: str
+) -> tuple[int, str, str]:
     env = {
         **os.environ,
         "FUND_DATABASE_URL": database_url,
         "FUND_SECRET_KEY": SECRET,
         "FUND_ENV": "test",
+        **settings,
     }
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -23,10 +31,11 @@ async def fund(database_url: str, *args: str) -> tuple[int, str, str]:
         "fund",
         *args,
         env=env,
+        stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await process.communicate()
+    out, err = await process.communicate(stdin)
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
 
@@ -80,4 +89,104 @@ async def test_a_database_that_is_not_there_is_one_line_not_a_traceback(
 
     code, _, err = await fund(database_url, "serve", "--port", "99999")
     assert code == 2
-    assert "--port: must be between 1 and 65535" in err
+    assert "--port: must be 1..65535, not 99999" in err
+
+
+async def test_bad_settings_are_one_line_each_naming_the_variable_never_its_value(
+    database_url: str,
+) -> None:
+    code, out, err = await fund(
+        database_url,
+        "db",
+        "current",
+        FUND_DATABASE_URL="mysql://root:s3cret-in-url@db.internal/fund",
+        FUND_ACCESS_TOKEN_MINUTES="abc",
+        FUND_LOG_LEVEL="chatty",
+    )
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [
+        "fund: FUND_DATABASE_URL: mysql:// is not a database fund runs on; "
+        "expected postgresql+asyncpg://user@host:port/database",
+        "fund: FUND_ACCESS_TOKEN_MINUTES: Input should be a valid integer, "
+        "unable to parse string as an integer",
+        "fund: FUND_LOG_LEVEL: expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL",
+    ]
+    assert "s3cret" not in err
+
+
+async def test_an_empty_variable_counts_as_unset_so_production_refuses_it(
+    database_url: str,
+) -> None:
+    """An unexpanded ``${DB_URL}`` in a deployment must not start an embedded database."""
+    code, _, err = await fund(
+        database_url, "db", "current", FUND_ENV="production", FUND_DATABASE_URL=""
+    )
+    assert code == 2
+    assert "FUND_ENV=production refuses unsafe defaults; set FUND_DATABASE_URL" in err
+
+
+async def test_libpq_style_urls_are_read_for_asyncpg_and_misspelt_variables_are_named(
+    database_url: str,
+) -> None:
+    libpq = database_url.replace("postgresql+asyncpg://", "postgresql://") + "?sslmode=disable"
+    code, out, err = await fund(libpq, "db", "current", FUND_ACESS_TOKEN_MINUTES="5")
+    assert code == 0, err
+    assert out.strip() == "009 (head)"
+    assert "fund: warning: FUND_ACESS_TOKEN_MINUTES is not a setting (misspelt?); ignored" in err
+
+
+async def test_a_database_without_the_schema_is_told_to_run_the_migrations(
+    postgres: PostgresServer,
+) -> None:
+    admin = await postgres.admin()
+    try:
+        await admin.execute('DROP DATABASE IF EXISTS "fund_test_unmigrated" WITH (FORCE)')
+        await admin.execute('CREATE DATABASE "fund_test_unmigrated"')
+        url = postgres.url("fund_test_unmigrated")
+        code, out, _ = await fund(url, "db", "current")
+        assert (code, out) == (0, "none: no migration applied (fund db upgrade applies them)\n")
+        code, out, err = await fund(url, *create("early@example.com"))
+        assert (code, out) == (1, "")
+        assert err.strip() == (
+            "fund: the database is not migrated for this version of fund "
+            '(relation "users" does not exist): run `fund db upgrade`'
+        )
+    finally:
+        await admin.execute('DROP DATABASE IF EXISTS "fund_test_unmigrated" WITH (FORCE)')
+        await admin.close()
+
+
+async def test_a_password_can_come_from_standard_input(
+    database_url: str, postgres: PostgresServer, database: str
+) -> None:
+    """So that it stays out of the shell's history and the process list."""
+    args = ["users", "create", "--email", "piped@example.com", "--password", "-"]
+    code, out, err = await fund(
+        database_url, *args, "--role", "VIEWER", stdin=b"a piped passphrase\n"
+    )
+    assert code == 0, err
+    conn = await asyncpg.connect(postgres.dsn(database))
+    try:
+        hashed = await conn.fetchval("SELECT hashed_password FROM users WHERE id = $1", int(out))
+    finally:
+        await conn.close()
+    assert verify_password("a piped passphrase", hashed)
+    assert not verify_password("-", hashed)
+
+    code, _, err = await fund(database_url, *args, "--role", "VIEWER", stdin=b"short\n")
+    assert code == 1
+    assert "password: String should have at least 12 characters" in err
+
+
+async def test_servers_starting_together_on_an_empty_database_make_one_first_admin(
+    settings: Settings, postgres: PostgresServer, database: str
+) -> None:
+    """The one that loses the race finds the admin made, rather than failing to start."""
+    made = await asyncio.gather(*(create_first_admin(settings) for _ in range(3)))
+    [(email, password)] = [m for m in made if m is not None]
+    assert email == FIRST_ADMIN_EMAIL and len(password) >= 12
+    conn = await asyncpg.connect(postgres.dsn(database))
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM users") == 1
+    finally:
+        await conn.close()

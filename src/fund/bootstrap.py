@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from fund.audit.service import Actor
 from fund.config import Settings
 from fund.db import UnitOfWork, create_engine, create_sessionmaker
-from fund.errors import FundError
+from fund.errors import EmailTaken, FundError
 from fund.kit.cache import Cache
 from fund.kit.pagination import CursorCodec
 from fund.kit.security import derive_key
@@ -40,7 +40,8 @@ async def create_user(
     settings: Settings, email: str, password: str, role: str, full_name: str | None
 ) -> int:
     try:
-        name = full_name or email.split("@", maxsplit=1)[0]
+        # A too-long email is reported as one, not as the name made from it.
+        name = full_name or email.split("@", maxsplit=1)[0][:200]
         data = UserCreate(email=email, password=password, role=role, full_name=name)
     except ValidationError as exc:
         reasons = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
@@ -57,7 +58,10 @@ async def create_user(
 async def create_first_admin(settings: Settings) -> tuple[str, str] | None:
     """An empty development database gets one ADMIN with a random password, printed once."""
     async with _user_service(settings) as (service, work):
-        created = await service.create_first_admin(_cli_actor(), FIRST_ADMIN_EMAIL)
+        try:
+            created = await service.create_first_admin(_cli_actor(), FIRST_ADMIN_EMAIL)
+        except EmailTaken:
+            return None  # another process, starting at the same moment, made it first
         await work.commit()
     if created is None:
         return None

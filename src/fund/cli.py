@@ -1,10 +1,13 @@
-"""The ``fund`` command: serve, db, users, seed, bench."""
+"""The fund command: serve the API, migrate the database, create users, seed data, benchmark.
+
+Settings come from FUND_* environment variables and an optional .env file (README.md)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import io
 import os
 import shutil
 import signal
@@ -21,9 +24,17 @@ from alembic.util import CommandError
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
-from fund.config import Environment, Settings, UnsafeSettingsError, get_settings
+from fund.config import (
+    Environment,
+    Settings,
+    UnsafeSettingsError,
+    get_settings,
+    settings_problem,
+    unknown_variables,
+)
 from fund.db import alembic_config
 from fund.kit import embedded
+from fund.kit.arguments import whole_number
 from fund.kit.logging import configure_logging
 from fund.kit.metrics import MULTIPROC_DIR_ENV
 
@@ -33,9 +44,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         settings = get_settings()
-    except (UnsafeSettingsError, ValidationError) as exc:
-        print(f"fund: {exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
+    except (UnsafeSettingsError, ValidationError, UnicodeDecodeError) as exc:
+        for line in settings_problem(exc).splitlines():
+            print(f"fund: {line}", file=sys.stderr)
+        raise SystemExit(2) from None
+    for name in unknown_variables():
+        print(f"fund: warning: {name} is not a setting (misspelt?); ignored", file=sys.stderr)
     configure_logging(json=settings.logs_as_json, level=settings.log_level)
     # SIGTERM (a process manager stopping us) must unwind like Ctrl-C, so that the
     # embedded servers this command started are stopped too.
@@ -48,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"fund: {_environment_error(exc)}", file=sys.stderr)
         code = 1
     except KeyboardInterrupt:
+        print("fund: interrupted", file=sys.stderr)
         code = 130
     except Terminated:
         code = 128 + signal.SIGTERM
@@ -56,22 +71,39 @@ def main(argv: Sequence[str] | None = None) -> None:
     raise SystemExit(code or 0)
 
 
+_NOT_MIGRATED = {
+    asyncpg.UndefinedTableError.sqlstate,
+    asyncpg.UndefinedColumnError.sqlstate,
+}
+"""A table or column the code expects is missing: the schema is behind the code."""
+
+
 def _environment_error(exc: BaseException) -> str:
     refused = isinstance(exc, DBAPIError | asyncpg.PostgresError)
     if isinstance(exc, DBAPIError) and exc.orig is not None:
         exc = exc.orig  # the driver's message, without SQLAlchemy's statement and link
     if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
         return f"cannot reach the database ({exc}): is FUND_DATABASE_URL right, and is it up?"
+    if getattr(exc, "sqlstate", None) in _NOT_MIGRATED:
+        return (
+            f"the database is not migrated for this version of fund ({str(exc).splitlines()[0]})"
+            ": run `fund db upgrade`"
+        )
     if refused:
         return f"the database refused: {str(exc).splitlines()[0]}"
     return str(exc)
 
 
-def _port(text: str) -> int:
-    port = int(text)
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError("must be between 1 and 65535")
-    return port
+FROM_STDIN = "-"
+"""``--password -``: the password is the first line of standard input."""
+MAX_ROWS = 1_000_000_000
+"""The most rows ``fund seed`` makes of each kind in one run."""
+
+
+def _revision(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a revision: e.g. 008, -1 or base")
+    return text
 
 
 class Terminated(Exception):
@@ -86,10 +118,18 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fund", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="apply pending migrations, then serve the HTTP API")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=_port, default=8000)
-    serve.add_argument("--workers", type=_positive_int, default=1)
+    serve = sub.add_parser(
+        "serve",
+        help="apply pending migrations, then serve the HTTP API",
+        description="Apply pending migrations, then serve the HTTP API until stopped "
+        "(Ctrl-C or SIGTERM: requests in flight finish first).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=whole_number(1, 65535), default=8000, help="TCP port")
+    serve.add_argument(
+        "--workers", type=whole_number(1), default=1, help="worker processes (about one a core)"
+    )
     serve.set_defaults(handler=_serve)
 
     db = sub.add_parser("db", help="database migrations (Alembic)")
@@ -97,39 +137,52 @@ def _parser() -> argparse.ArgumentParser:
     db_sub.add_parser("upgrade", help="apply every pending migration").set_defaults(
         handler=_db_upgrade
     )
-    down = db_sub.add_parser("downgrade", help="revert to revision REV (e.g. 003, base)")
-    down.add_argument("revision")
+    down = db_sub.add_parser(
+        "downgrade",
+        help="revert to revision REV (e.g. 008, -1, base)",
+        description="Revert the schema to revision REV. Reverting a migration drops what it "
+        "made: below 001 (base) every table goes, users and the whole audit trail with it.",
+    )
+    down.add_argument("revision", type=_revision, metavar="REV", help="e.g. 008, -1 or base")
     down.set_defaults(handler=_db_downgrade)
     db_sub.add_parser("current", help="show the applied revision").set_defaults(handler=_db_current)
 
     users = sub.add_parser("users", help="manage users")
     users_sub = users.add_subparsers(dest="users_command", required=True)
-    create = users_sub.add_parser("create", help="create a user and print its id")
-    create.add_argument("--email", required=True)
-    create.add_argument("--password", required=True)
+    create = users_sub.add_parser(
+        "create",
+        help="create a user and print its id",
+        description="Create a user (recorded in the audit trail as made by this command) and "
+        "print its id.",
+    )
+    create.add_argument("--email", required=True, help="stored lower-case; unique")
+    create.add_argument(
+        "--password",
+        required=True,
+        help="at least 12 characters; - reads it from the first line of standard input, "
+        "so it stays out of the shell's history and the process list",
+    )
     create.add_argument("--role", required=True, help="ADMIN, ANALYST or VIEWER")
-    create.add_argument("--full-name", default=None)
+    create.add_argument(
+        "--full-name", default=None, help="default: the part of the email before the @"
+    )
     create.set_defaults(handler=_users_create)
 
     seed = sub.add_parser(
         "seed", help="bulk synthetic users and audit entries, deterministic per seed"
     )
-    seed.add_argument("--users", type=int, required=True, help="users to add")
-    seed.add_argument("--audit-logs", type=int, required=True, help="audit entries to add")
-    seed.add_argument("--seed", type=int, default=42, help="same seed, same rows (default 42)")
+    rows = whole_number(0, MAX_ROWS)
+    seed.add_argument("--users", type=rows, required=True, help="users to add")
+    seed.add_argument("--audit-logs", type=rows, required=True, help="audit entries to add")
+    seed.add_argument(
+        "--seed", type=whole_number(0), default=42, help="same seed, same rows (default 42)"
+    )
     seed.set_defaults(handler=_seed)
 
     bench = sub.add_parser("bench", help="run the benchmark scenarios and write the report")
     bench.set_defaults(handler=_bench)
     _add_bench_arguments(bench)
     return parser
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def database_url(settings: Settings) -> str:
@@ -224,17 +277,22 @@ def _db_downgrade(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _db_current(_: argparse.Namespace, settings: Settings) -> int:
-    command.current(alembic_config(database_url(settings)), verbose=False)
+    shown = io.StringIO()
+    command.current(alembic_config(database_url(settings), stdout=shown), verbose=False)
+    print(shown.getvalue().strip() or "none: no migration applied (fund db upgrade applies them)")
     return 0
 
 
 def _users_create(args: argparse.Namespace, settings: Settings) -> int:
     from fund.bootstrap import CreateUserFailed, create_user
 
+    password = args.password
+    if password == FROM_STDIN:
+        password = sys.stdin.readline().rstrip("\r\n")
     settings = _settings_with_database(settings)
     try:
         user_id = asyncio.run(
-            create_user(settings, args.email, args.password, args.role, args.full_name)
+            create_user(settings, args.email, password, args.role, args.full_name)
         )
     except CreateUserFailed as exc:
         print(f"fund: {exc}", file=sys.stderr)

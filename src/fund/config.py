@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Iterable
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import structlog
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+ENV_PREFIX = "FUND_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_POSTGRESQL_SCHEMES = {"postgresql", "postgres", "postgresql+asyncpg"}
+_REDIS_SCHEMES = {"redis", "rediss", "unix"}
 
 
 class Environment(StrEnum):
@@ -28,8 +36,10 @@ class UnsafeSettingsError(RuntimeError):
 
 
 class Settings(BaseSettings):
+    # An empty variable counts as unset, as the shell's ``FUND_X=`` and an unexpanded
+    # ``${X}`` in a deployment mean: never an empty signing key, never "" for a database.
     model_config = SettingsConfigDict(
-        env_prefix="FUND_", env_file=".env", extra="ignore", frozen=True
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True, env_ignore_empty=True
     )
 
     env: Environment = Environment.DEVELOPMENT
@@ -75,6 +85,65 @@ class Settings(BaseSettings):
     log_json: bool | None = None
     """JSON log lines; defaults to on except in development."""
     log_level: str = "INFO"
+    """One of DEBUG, INFO, WARNING, ERROR, CRITICAL (any case)."""
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgresql_url(cls, value: str | None) -> str | None:
+        """A PostgreSQL URL for asyncpg. ``postgresql://`` (libpq's form) is read as
+        ``postgresql+asyncpg://``, and its ``sslmode`` as asyncpg's ``ssl``, which takes
+        the same values; anything else is refused here, in one line, not by the driver."""
+        if value is None:
+            return None
+        try:
+            url = make_url(value)
+            port = url.port
+        except (ArgumentError, ValueError):
+            raise ValueError(
+                "not a database URL; expected postgresql+asyncpg://user@host:port/database"
+            ) from None
+        if url.drivername not in _POSTGRESQL_SCHEMES:
+            raise ValueError(
+                f"{url.drivername}:// is not a database fund runs on; "
+                "expected postgresql+asyncpg://user@host:port/database"
+            )
+        if port is not None and not 1 <= port <= 65535:
+            raise ValueError("the port must be between 1 and 65535")
+        query = dict(url.query)
+        if "sslmode" in query:
+            query.setdefault("ssl", query["sslmode"])
+            del query["sslmode"]
+        url = url.set(drivername="postgresql+asyncpg", query=query)
+        return url.render_as_string(hide_password=False)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 (raises on a port out of range)
+        except ValueError:
+            raise ValueError("not a Redis URL; expected redis://host:port/db") from None
+        if parts.scheme not in _REDIS_SCHEMES:
+            raise ValueError("expected redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("must not be blank; unset it for a generated key in development")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError("expected one of " + ", ".join(LOG_LEVELS))
+        return level
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
@@ -88,7 +157,7 @@ class Settings(BaseSettings):
                 raise UnsafeSettingsError(
                     "FUND_ENV=production refuses unsafe defaults; set " + ", ".join(missing)
                 )
-            if len(self.secret_key.get_secret_value()) < 32:  # type: ignore[union-attr]
+            if len(self.secret_key.get_secret_value().strip()) < 32:  # type: ignore[union-attr]
                 raise UnsafeSettingsError("FUND_SECRET_KEY must be at least 32 characters")
         return self
 
@@ -140,3 +209,35 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def unknown_variables(environ: Iterable[str] = os.environ) -> list[str]:
+    """``FUND_`` variables that are no setting: a misspelt one is otherwise silently
+    ignored, and its default used."""
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    return sorted(
+        name
+        for name in environ
+        if name.upper().startswith(ENV_PREFIX) and name.upper() not in known | _OTHER_VARIABLES
+    )
+
+
+_OTHER_VARIABLES = {
+    "FUND_TEST_POSTGRES_URL",  # the test suite's servers (tests/services.py)
+    "FUND_TEST_REDIS_URL",
+}
+
+
+def settings_problem(exc: ValidationError | UnsafeSettingsError | UnicodeDecodeError) -> str:
+    """What is wrong with the settings, one line per variable, naming it as the operator
+    set it; never the value (it may be a password or a key)."""
+    if isinstance(exc, UnsafeSettingsError):
+        return str(exc)
+    if isinstance(exc, UnicodeDecodeError):
+        return f"the .env file is not UTF-8 text ({exc.reason} at byte {exc.start})"
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False):
+        name = ENV_PREFIX + "_".join(str(part) for part in error["loc"]).upper()
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"{name}: {message}")
+    return "\n".join(lines)

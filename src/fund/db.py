@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import anyio
 import orjson
@@ -35,6 +36,9 @@ AfterCommit = Callable[[], Awaitable[None]]
 def create_engine(url: str, settings: Settings) -> AsyncEngine:
     engine = create_async_engine(
         url,
+        # A statement's values never reach a log or a traceback: they hold password hashes,
+        # emails and audit details.
+        hide_parameters=True,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
@@ -421,8 +425,8 @@ def asyncpg_dsn(database_url: str) -> str:
     return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def alembic_config(url: str) -> Config:
-    config = Config()
+def alembic_config(url: str, *, stdout: TextIO = sys.stdout) -> Config:
+    config = Config(stdout=stdout)
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     # ConfigParser interpolation would read '%' in a URL-encoded password.
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))

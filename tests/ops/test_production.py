@@ -11,8 +11,15 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from pydantic import ValidationError
 
-from fund.config import Environment, Settings, UnsafeSettingsError
+from fund.config import (
+    Environment,
+    Settings,
+    UnsafeSettingsError,
+    settings_problem,
+    unknown_variables,
+)
 from fund.main import create_app
 from tests.conftest import SECRET, Account
 from tests.ops.processes import FUND, environment_without_fund
@@ -55,6 +62,55 @@ def test_production_settings_refuse_unsafe_defaults() -> None:
     assert production(docs_enabled=True).docs_on
     # Development keeps its conveniences: no key, embedded database.
     assert Settings(_env_file=None, env=Environment.DEVELOPMENT).docs_on
+
+
+def test_an_empty_variable_is_unset_and_a_blank_key_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("FUND_SECRET_KEY", "")
+    monkeypatch.setenv("FUND_DATABASE_URL", "")
+    unset = Settings(_env_file=None, env=Environment.DEVELOPMENT, data_dir=tmp_path)
+    assert unset.secret_key is None and unset.database_url is None
+    assert len(unset.secret()) >= 32  # a generated key, never the empty one
+    with pytest.raises(UnsafeSettingsError, match="FUND_DATABASE_URL"):
+        production(database_url=None)
+    monkeypatch.setenv("FUND_SECRET_KEY", "   ")
+    with pytest.raises(ValidationError) as refused:
+        Settings(_env_file=None, env=Environment.DEVELOPMENT)
+    assert settings_problem(refused.value) == (
+        "FUND_SECRET_KEY: must not be blank; unset it for a generated key in development"
+    )
+    with pytest.raises(UnsafeSettingsError, match="at least 32 characters"):
+        production(secret_key=" " * 28 + "abcd")
+
+
+def test_database_urls_are_read_for_asyncpg_or_refused_in_one_line() -> None:
+    def url(value: str) -> str | None:
+        return Settings(_env_file=None, database_url=value).database_url
+
+    assert url("postgresql://u:p%40ss@db:5432/fund?sslmode=require") == (
+        "postgresql+asyncpg://u:p%40ss@db:5432/fund?ssl=require"
+    )
+    assert url("postgres://u@db/fund") == "postgresql+asyncpg://u@db/fund"
+    for value, problem in {
+        "garbage": "not a database URL",
+        "sqlite:///fund.db": "sqlite:// is not a database fund runs on",
+        "postgresql+psycopg://u@db/fund": "postgresql+psycopg:// is not a database fund runs on",
+        "postgresql://u:pw@db:99999/fund": "the port must be between 1 and 65535",
+        "postgresql://[::1/fund": "not a database URL",
+    }.items():
+        with pytest.raises(ValidationError) as refused:
+            url(value)
+        assert settings_problem(refused.value).startswith(f"FUND_DATABASE_URL: {problem}")
+    for value in ("garbage", "http://cache:6379/0", "redis://cache:99999/0"):
+        with pytest.raises(ValidationError) as refused:
+            Settings(_env_file=None, redis_url=value)
+        assert settings_problem(refused.value).startswith("FUND_REDIS_URL: ")
+
+
+def test_unknown_fund_variables_are_named() -> None:
+    environ = ["FUND_ENV", "FUND_ACESS_TOKEN_MINUTES", "PATH", "FUND_TEST_POSTGRES_URL"]
+    assert unknown_variables(environ) == ["FUND_ACESS_TOKEN_MINUTES"]
 
 
 def run_fund(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:

@@ -17,7 +17,6 @@ import random
 import re
 import sys
 import tempfile
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -38,6 +37,7 @@ from fund.bench.database import (
 from fund.bench.report import SCENARIO_NAMES, BenchRun, Machine, write_report
 from fund.config import Settings
 from fund.kit import embedded
+from fund.kit.arguments import whole_number
 from fund.kit.pagination import CursorCodec, page_scope
 from fund.kit.security import derive_key
 from fund.users.schemas import UserFilters
@@ -49,20 +49,6 @@ DEFAULT_OUTPUT = Path("docs/benchmarks")
 MIN_USERS = 100
 MIN_AUDIT_LOGS = 1_000
 MAX_WORKERS = 64
-
-
-def _whole(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-        if value < minimum or (maximum is not None and value > maximum):
-            bound = f"{minimum}..{maximum}" if maximum is not None else f"at least {minimum:,}"
-            raise argparse.ArgumentTypeError(f"must be {bound}, not {value:,}")
-        return value
-
-    return parse
 
 
 def _seconds(text: str) -> float:
@@ -105,14 +91,18 @@ def _database_name(text: str) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--users", type=_whole(MIN_USERS), default=1_000_000, help="users to seed")
+    parser.add_argument(
+        "--users", type=whole_number(MIN_USERS), default=1_000_000, help="users to seed"
+    )
     parser.add_argument(
         "--audit-logs",
-        type=_whole(MIN_AUDIT_LOGS),
+        type=whole_number(MIN_AUDIT_LOGS),
         default=10_000_000,
         help="audit logs to seed",
     )
-    parser.add_argument("--seed", type=_whole(0), default=42, help="seed of the synthetic data")
+    parser.add_argument(
+        "--seed", type=whole_number(0), default=42, help="seed of the synthetic data"
+    )
     parser.add_argument(
         "--database",
         type=_database_name,
@@ -122,18 +112,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--redis-db",
-        type=_whole(0, 15),
+        type=whole_number(0, 15),
         default=14,
         help="the bench's own Redis database number (default 14), flushed before the HTTP "
         "scenarios so no entry from other data is served",
     )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="report directory")
     parser.add_argument(
-        "--repeats", type=_whole(1), default=5, help="EXPLAIN runs per query (median)"
+        "--repeats", type=whole_number(1), default=5, help="EXPLAIN runs per query (median)"
     )
     parser.add_argument("--http-seconds", type=_seconds, default=10.0, help="load time per route")
     parser.add_argument(
-        "--connections", type=_whole(1, 1024), default=32, help="concurrent connections"
+        "--connections", type=whole_number(1, 1024), default=32, help="concurrent connections"
     )
     parser.add_argument(
         "--workers",
@@ -148,7 +138,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="stop reading the export after this many seconds (the rate is over what was read)",
     )
     parser.add_argument(
-        "--cache-samples", type=_whole(1), default=200, help="ids read miss then hit"
+        "--cache-samples", type=whole_number(1), default=200, help="ids read miss then hit"
     )
     parser.add_argument(
         "--only",
