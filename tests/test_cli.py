@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from pathlib import Path
 
+import anyio
 import asyncpg
 
 from fund.bootstrap import FIRST_ADMIN_EMAIL, create_first_admin
@@ -16,7 +18,11 @@ from tests.services import PostgresServer
 
 
 async def fund(
-    database_url: str, *args: str, stdin: bytes | None = None, **settings: str
+    database_url: str,
+    *args: str,
+    stdin: bytes | None = None,
+    cwd: Path | None = None,
+    **settings: str,
 ) -> tuple[int, str, str]:
     env = {
         **os.environ,
@@ -31,6 +37,7 @@ async def fund(
         "fund",
         *args,
         env=env,
+        cwd=cwd,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -154,6 +161,19 @@ async def test_a_database_without_the_schema_is_told_to_run_the_migrations(
     finally:
         await admin.execute('DROP DATABASE IF EXISTS "fund_test_unmigrated" WITH (FORCE)')
         await admin.close()
+
+
+async def test_creating_a_user_leaves_no_key_file_behind(database_url: str, tmp_path: Path) -> None:
+    """Without FUND_SECRET_KEY (empty counts as unset), only ``fund serve`` makes the
+    development key: a one-off command against a real database writes nothing in its
+    working directory."""
+    code, out, err = await fund(
+        database_url, *create("keyless@example.com"), cwd=tmp_path, FUND_SECRET_KEY=""
+    )
+    assert code == 0, err
+    assert out.strip().isdigit()
+    assert [entry async for entry in anyio.Path(tmp_path).iterdir()] == []
+    assert "secret_key_generated" not in err
 
 
 async def test_a_password_can_come_from_standard_input(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import secrets
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,7 +16,6 @@ from fund.db import UnitOfWork, create_engine, create_sessionmaker
 from fund.errors import EmailTaken, FundError
 from fund.kit.cache import Cache
 from fund.kit.pagination import CursorCodec
-from fund.kit.security import derive_key
 from fund.users.schemas import UserCreate
 from fund.users.service import UserService
 
@@ -79,7 +79,9 @@ async def _user_service(settings: Settings) -> AsyncIterator[tuple[UserService, 
                 UserService(
                     work,
                     Cache(None),
-                    CursorCodec(derive_key(settings.secret(), "cursor")),
+                    # Nothing this command signs leaves it: a key of its own, so that it does
+                    # not make (and announce) the development key file in the working directory.
+                    CursorCodec(secrets.token_bytes(32)),
                     cache_ttl=settings.cache_user_ttl,
                 ),
                 work,
