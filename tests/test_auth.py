@@ -13,6 +13,7 @@ import jwt
 import orjson
 import pytest
 from sqlalchemy import text
+from structlog.testing import capture_logs
 
 from fund.deps import Resources
 from fund.kit import security
@@ -94,17 +95,37 @@ async def test_a_name_that_only_resembles_an_email_is_nobodys(
     ]
 
 
+async def test_a_failed_login_records_the_email_as_it_was_typed(
+    client: httpx.AsyncClient, resources: Resources, viewer: Account
+) -> None:
+    """API.md: ``{"email": attempted}``. The account is still found the way sign-in finds
+    it (case and surrounding spaces aside), so the entry names it as its resource."""
+    typed = f"  {viewer.user.email.upper()} "
+    assert (await login(client, typed, "wrong password 123")).status_code == 401
+    [failed] = await audit_rows(resources, action="LOGIN_FAILED")
+    assert (failed["resource_id"], failed["details"]) == (str(viewer.id), {"email": typed})
+
+
 async def test_repeated_failures_for_one_account_are_throttled(
     client: httpx.AsyncClient, viewer: Account, analyst: Account
 ) -> None:
     for _ in range(5):
         assert (await login(client, viewer.user.email, "wrong password 123")).status_code == 401
 
-    throttled = await login(client, viewer.user.email, PASSWORD)
+    with capture_logs() as logged:
+        throttled = await login(client, viewer.user.email, PASSWORD)
 
     assert throttled.status_code == 429
     assert 1 <= int(throttled.headers["retry-after"]) <= 300
     assert "detail" in throttled.json()
+    # Not an audited change, but a guess the security log shows: whose, from where.
+    [line] = [entry for entry in logged if entry["event"] == "login_throttled"]
+    assert (line["log_level"], line["email"], line["ip"]) == (
+        "warning",
+        viewer.user.email,
+        "203.0.113.7",
+    )
+    assert line["retry_after"] == int(throttled.headers["retry-after"])
     # Per account: another account still logs in.
     assert (await login(client, analyst.user.email, PASSWORD)).status_code == 200
 

@@ -25,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql import FromClause
 
-from fund.audit.schemas import AuditFilters, ExportFormat
+from fund.audit.schemas import Action, AuditFilters, ExportFormat
 from fund.db import DriverQuery, Repository, driver_copy, driver_fetch, unescape_copy_text
 from fund.kit.pagination import (
     Keyset,
@@ -347,5 +347,7 @@ class AuditRepository(Repository):
         rows = await self.session.execute(
             select(AuditLog.action, func.count()).group_by(AuditLog.action)
         )
-        by_action: dict[str, int] = dict(rows.all())
+        # Every action named, none seen counted 0: a dashboard reads a stable shape.
+        seen: dict[str, int] = dict(rows.all())
+        by_action = dict.fromkeys((action.value for action in Action), 0) | seen
         return {"total": total, "last_24h": last_24h, "by_action": by_action}

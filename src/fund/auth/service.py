@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import structlog
+
 from fund.audit.schemas import Action, ResourceType
 from fund.audit.service import Actor, AuditService
 from fund.auth.throttle import LoginThrottle
@@ -21,6 +23,8 @@ from fund.kit.security import (
 from fund.users.repository import UserRepository
 from fund.users.schemas import UserRead
 from fund.users.service import UserService
+
+log = structlog.get_logger(__name__)
 
 MAX_EMAIL_CHARS = 320
 
@@ -50,14 +54,20 @@ class AuthService:
         self.token_minutes = token_minutes
 
     async def login(self, actor: Actor, email: str, password: str) -> LoginOutcome:
-        attempted = email.strip().lower()
+        # A failed attempt is recorded as typed (API.md: {"email": attempted}), bounded;
+        # PostgreSQL text cannot hold NUL, so it shows as U+FFFD.
+        attempted = email.replace("\x00", "\ufffd")[:MAX_EMAIL_CHARS]
+        normalized = email.strip().lower()
         # Only a name that could be an account's is looked up: "ad\0min@…" or a name longer
         # than any email is nobody's, whatever it becomes once made storable.
-        can_be_an_account = "\x00" not in attempted and len(attempted) <= MAX_EMAIL_CHARS
-        # Recorded as attempted, bounded; PostgreSQL text cannot hold NUL, so it shows as U+FFFD.
-        email = attempted.replace("\x00", "\ufffd")[:MAX_EMAIL_CHARS]
+        can_be_an_account = "\x00" not in normalized and len(normalized) <= MAX_EMAIL_CHARS
+        email = normalized.replace("\x00", "\ufffd")[:MAX_EMAIL_CHARS]
         retry_after = await self.throttle.attempt(email)
         if retry_after:
+            # Not an audited change, but a guessing attempt to see: the security log has it.
+            log.warning(
+                "login_throttled", email=email, ip=actor.ip_address, retry_after=retry_after
+            )
             raise TooManyAttempts(retry_after)
 
         user = await self.users.get_by_email(email) if can_be_an_account else None
@@ -71,7 +81,7 @@ class AuthService:
                 Action.LOGIN_FAILED,
                 ResourceType.USER,
                 user.id if user else "",
-                {"email": email},
+                {"email": attempted},
             )
             return LoginOutcome(None, InvalidCredentials())
 

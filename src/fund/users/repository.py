@@ -243,7 +243,8 @@ class UserRepository(Repository):
                 )
             )
         ).one()
-        by_role = {
+        # Every role named, one without users counted 0: a dashboard reads a stable shape.
+        by_role = dict.fromkeys((role.value for role in Role), 0) | {
             role.value: count
             for role, count in await self.session.execute(
                 select(User.role, func.count()).group_by(User.role)
