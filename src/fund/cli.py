@@ -51,9 +51,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name in unknown_variables():
         print(f"fund: warning: {name} is not a setting (misspelt?); ignored", file=sys.stderr)
     configure_logging(json=settings.logs_as_json, level=settings.log_level)
-    # SIGTERM (a process manager stopping us) must unwind like Ctrl-C, so that the
-    # embedded servers this command started are stopped too.
+    # SIGTERM (a process manager stopping us) and SIGHUP (the terminal closed) must unwind
+    # like Ctrl-C, so that the embedded servers this command started are stopped too: left
+    # running, the embedded PostgreSQL would outlive every later run.
     signal.signal(signal.SIGTERM, _raise_terminated)
+    signal.signal(signal.SIGHUP, _raise_terminated)
     try:
         code = args.handler(args, settings)
     except (CommandError, DBAPIError, asyncpg.PostgresError, OSError) as exc:
@@ -64,8 +66,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("fund: interrupted", file=sys.stderr)
         code = 130
-    except Terminated:
-        code = 128 + signal.SIGTERM
+    except Terminated as stop:
+        code = 128 + stop.signum
     finally:
         embedded.stop_all()
     raise SystemExit(code or 0)
@@ -107,11 +109,19 @@ def _revision(text: str) -> str:
 
 
 class Terminated(Exception):
-    """SIGTERM arrived."""
+    """SIGTERM or SIGHUP arrived."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
-def _raise_terminated(_signum: int, _frame: FrameType | None) -> None:
-    raise Terminated
+def _raise_terminated(signum: int, _frame: FrameType | None) -> None:
+    raise Terminated(signum)
+
+
+def _hang_up_as_terminate(_signum: int, _frame: FrameType | None) -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -218,6 +228,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     settings.secret()
     if settings.env is Environment.DEVELOPMENT:
         asyncio.run(_first_admin(settings))
+    # uvicorn drains on SIGINT and SIGTERM only, and a signal handler that raises is lost
+    # on its event loop: a closed terminal (SIGHUP) asks for the same stop as SIGTERM.
+    # (Several workers: uvicorn's supervisor takes SIGHUP itself, to restart them.)
+    signal.signal(signal.SIGHUP, _hang_up_as_terminate)
     with _metrics_directory(args.workers), contextlib.suppress(Terminated):
         # A single server re-raises SIGTERM after draining: a requested stop, a clean exit.
         uvicorn.run(

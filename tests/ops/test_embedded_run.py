@@ -1,6 +1,6 @@
 """``make run`` on a fresh machine: ``fund serve`` with no database configured starts an
 embedded PostgreSQL, migrates it, prints the first ADMIN's password, serves, and on Ctrl-C
-stops everything it started."""
+stops everything it started; so does a closed terminal."""
 
 from __future__ import annotations
 
@@ -12,11 +12,22 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
 from tests.ops.processes import FUND, environment_without_fund, spare_port, wait_until_healthy
 
 
-def test_fund_serve_on_a_fresh_machine_then_ctrl_c(private_dir: Path, redis_url: str) -> None:
+@pytest.mark.parametrize(
+    "stop",
+    [
+        pytest.param(signal.SIGINT, id="ctrl-c"),
+        # The terminal closed: the embedded PostgreSQL must not outlive it either.
+        pytest.param(signal.SIGHUP, id="hang-up"),
+    ],
+)
+def test_fund_serve_on_a_fresh_machine_then_stopped(
+    private_dir: Path, redis_url: str, stop: signal.Signals
+) -> None:
     data_dir = private_dir / "state"
     port = spare_port()
     base = f"http://127.0.0.1:{port}"
@@ -59,7 +70,7 @@ def test_fund_serve_on_a_fresh_machine_then_ctrl_c(private_dir: Path, redis_url:
         assert (me.status_code, me.json()["role"]) == (200, "ADMIN")
         assert httpx.get(f"{base}/docs", timeout=10).status_code == 200
 
-        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C sends to the foreground job
+        os.killpg(process.pid, stop)  # what Ctrl-C or a hang-up sends to the foreground job
         code = process.wait(90)
     finally:
         if process.poll() is None:
