@@ -130,6 +130,13 @@ class Settings(BaseSettings):
             raise ValueError("expected redis://, rediss:// or unix://")
         return value
 
+    @field_validator("data_dir")
+    @classmethod
+    def _a_directory(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            raise ValueError(f"{value} is a file, not a directory")
+        return value
+
     @field_validator("secret_key")
     @classmethod
     def _not_blank(cls, value: SecretStr | None) -> SecretStr | None:

@@ -108,6 +108,14 @@ def test_database_urls_are_read_for_asyncpg_or_refused_in_one_line() -> None:
         assert settings_problem(refused.value).startswith("FUND_REDIS_URL: ")
 
 
+def test_a_data_directory_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    a_file = tmp_path / "state"
+    a_file.write_text("not a directory")
+    with pytest.raises(ValidationError) as refused:
+        Settings(_env_file=None, data_dir=a_file)
+    assert settings_problem(refused.value) == f"FUND_DATA_DIR: {a_file} is a file, not a directory"
+
+
 def test_unknown_fund_variables_are_named() -> None:
     environ = ["FUND_ENV", "FUND_ACESS_TOKEN_MINUTES", "PATH", "FUND_TEST_POSTGRES_URL"]
     assert unknown_variables(environ) == ["FUND_ACESS_TOKEN_MINUTES"]
