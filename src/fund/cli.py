@@ -151,7 +151,8 @@ def _parser() -> argparse.ArgumentParser:
         "downgrade",
         help="revert to revision REV (e.g. 008, -1, base)",
         description="Revert the schema to revision REV. Reverting a migration drops what it "
-        "made: below 001 (base) every table goes, users and the whole audit trail with it.",
+        "made: below 001 (base) every table of the service goes, users and the whole audit "
+        "trail with it.",
     )
     down.add_argument("revision", type=_revision, metavar="REV", help="e.g. 008, -1 or base")
     down.set_defaults(handler=_db_downgrade)

@@ -8,6 +8,7 @@ can become a 500 or an unbounded read.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
@@ -29,6 +30,7 @@ _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _VALID_HOST = re.compile(r"^(?:[A-Za-z0-9_\-.]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?$")
 HSTS = b"max-age=63072000; includeSubDomains"
 BODY_TOO_LARGE = "Request body too large"
+SHUTTING_DOWN = "Service is shutting down; retry the request"
 # uvicorn's httptools parser sets no bound on headers; nothing legitimate sends this much.
 MAX_HEADER_BYTES = 64 * 1024
 
@@ -100,6 +102,37 @@ def _documentation_paths(app: object) -> set[str]:
     return {url for url in (getattr(app, name, None) for name in urls) if isinstance(url, str)}
 
 
+class _Answer:
+    """One request's response on its way out: the headers every answer carries added, a
+    HEAD's body held back, and what was sent (for the access log and the error paths)."""
+
+    __slots__ = ("_api", "_head", "_hsts", "_rid", "_send", "body_sent", "started", "status")
+
+    def __init__(self, send: Send, rid: str, *, api: bool, hsts: bool, head: bool) -> None:
+        self._send = send
+        self._rid = rid
+        self._api = api
+        self._hsts = hsts
+        self._head = head
+        self.status = 500
+        self.started = False
+        self.body_sent = False
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            self.status = int(message["status"])  # an HTTPStatus would log as its repr
+            message["headers"] = _response_headers(
+                message, self._rid, api=self._api, hsts=self._hsts
+            )
+        elif self._head and message["type"] == "http.response.body":
+            if self.body_sent:
+                raise _HeadAnswered("HEAD: the body is not sent")
+            self.body_sent = True
+            message = {"type": "http.response.body", "body": b"", "more_body": False}
+        await self._send(message)
+
+
 class RequestContextMiddleware:
     def __init__(
         self, app: ASGIApp, *, hsts: bool = False, max_body_bytes: int = 1_048_576
@@ -119,54 +152,52 @@ class RequestContextMiddleware:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=rid)
         start = time.perf_counter()
-        status = 500
-        started = False
         interrupted = False
-        is_api = scope["path"].startswith("/api/")
         # HEAD is GET without the body (RFC 9110): routed as GET, its body never sent.
         head = scope["method"] == "HEAD"
         app_scope = {**scope, "method": "GET"} if head else scope
-        body_sent = False
-        # Behind a TLS-terminating proxy (or when uvicorn serves TLS itself) browsers keep to https.
-        hsts = self.hsts or scope.get("scheme") == "https"
-
-        async def send_with_headers(message: Message) -> None:
-            nonlocal status, started, body_sent
-            if message["type"] == "http.response.start":
-                started = True
-                status = int(message["status"])  # an HTTPStatus would log as its repr
-                message["headers"] = _response_headers(message, rid, api=is_api, hsts=hsts)
-            elif head and message["type"] == "http.response.body":
-                if body_sent:
-                    raise _HeadAnswered("HEAD: the body is not sent")
-                body_sent = True
-                message = {"type": "http.response.body", "body": b"", "more_body": False}
-            await send(message)
-
+        answer = _Answer(
+            send,
+            rid,
+            api=scope["path"].startswith("/api/"),
+            # Behind a TLS-terminating proxy (or when uvicorn serves TLS itself) browsers
+            # keep to https.
+            hsts=self.hsts or scope.get("scheme") == "https",
+            head=head,
+        )
         try:
             rejection = self._reject(scope)
             if rejection is not None:
-                await _send_error(send_with_headers, *rejection)
+                await _send_error(answer.send, *rejection)
             else:
-                await self.app(app_scope, self._limited(receive), send_with_headers)
+                await self.app(app_scope, self._limited(receive), answer.send)
         except StreamInterrupted:
-            if not started:
+            if not answer.started:
                 raise
             interrupted = True
+        except asyncio.CancelledError:
+            # The server gave up waiting for this request: its graceful shutdown ran out of
+            # time (FUND_SHUTDOWN_TIMEOUT). The work was rolled back on the way out; the
+            # client is told to retry (on another instance), rather than given the
+            # plain-text 500 uvicorn sends for a task that ends in an exception.
+            if answer.started:
+                raise
+            error_log.warning("request_cancelled", reason="shutdown timeout")
+            await _send_error(answer.send, 503, SHUTTING_DOWN, retry_after=1)
         except Exception as error:
-            if head and body_sent and isinstance(error, _HeadAnswered | ClientDisconnect):
+            if head and answer.body_sent and isinstance(error, _HeadAnswered | ClientDisconnect):
                 return  # the HEAD was answered; the streamed body behind it was stopped
-            if started:
+            if answer.started:
                 raise  # too late for an error response; uvicorn closes the connection
             # Answered here rather than by Starlette's outer error middleware, so that this
             # 500 too carries the request id and is counted and logged with it.
             error_log.exception("unhandled_error", error=type(error).__name__)
-            await _send_error(send_with_headers, 500, "Internal server error")
+            await _send_error(answer.send, 500, "Internal server error")
         finally:
             _record(
                 app_scope,
                 scope["method"],
-                status,
+                answer.status,
                 time.perf_counter() - start,
                 interrupted=interrupted,
             )
@@ -240,19 +271,16 @@ def _record(scope: Scope, method: str, status: int, elapsed: float, *, interrupt
     access_log.info("request", **fields)
 
 
-async def _send_error(send: Send, status: int, detail: str) -> None:
+async def _send_error(send: Send, status: int, detail: str, *, retry_after: int = 0) -> None:
     body = orjson.dumps({"detail": detail})
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    if retry_after:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 

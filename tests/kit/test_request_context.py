@@ -1,0 +1,80 @@
+"""The request middleware's answer to a request the server gives up on at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from starlette.types import Message, Receive, Scope, Send
+
+from fund.kit.request_context import SHUTTING_DOWN, RequestContextMiddleware
+
+SCOPE: dict[str, Any] = {
+    "type": "http",
+    "method": "GET",
+    "path": "/api/v1/users",
+    "raw_path": b"/api/v1/users",
+    "query_string": b"",
+    "headers": [(b"host", b"127.0.0.1"), (b"x-request-id", b"shutdown-1")],
+    "client": ("127.0.0.1", 50000),
+    "server": ("127.0.0.1", 8000),
+    "scheme": "http",
+}
+
+
+async def test_a_request_cancelled_by_the_shutdown_timeout_gets_a_503_to_retry() -> None:
+    """uvicorn cancels what is still running when FUND_SHUTDOWN_TIMEOUT runs out; its own
+    answer to a task that ends so is a plain-text 500."""
+    waiting = asyncio.Event()
+
+    async def stuck(_scope: Scope, _receive: Receive, _send: Send) -> None:
+        waiting.set()
+        await asyncio.Event().wait()  # a statement waiting on a lock, say
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    request = asyncio.ensure_future(RequestContextMiddleware(stuck)(SCOPE, receive, send))
+    await waiting.wait()
+    request.cancel(msg="Task cancelled, timeout graceful shutdown exceeded")
+    await asyncio.wait({request})
+
+    assert not request.cancelled()  # answered, and ended as a completed request
+    start, body = sent
+    headers = dict(start["headers"])
+    assert start["status"] == 503
+    assert headers[b"retry-after"] == b"1"
+    assert headers[b"content-type"] == b"application/json"
+    assert headers[b"x-request-id"] == b"shutdown-1"
+    assert orjson.loads(body["body"]) == {"detail": SHUTTING_DOWN}
+
+
+async def test_a_cancelled_request_whose_answer_had_begun_stays_cancelled() -> None:
+    begun = asyncio.Event()
+
+    async def streaming(_scope: Scope, _receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        begun.set()
+        await asyncio.Event().wait()
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    request = asyncio.ensure_future(RequestContextMiddleware(streaming)(SCOPE, receive, send))
+    await begun.wait()
+    request.cancel()
+    await asyncio.wait({request})
+
+    assert request.cancelled()  # nothing more can be said on a started answer
+    assert [m["type"] for m in sent] == ["http.response.start"]
