@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 import orjson
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fund.kit.request_context import SHUTTING_DOWN, RequestContextMiddleware
 
@@ -23,14 +23,10 @@ SCOPE: dict[str, Any] = {
 }
 
 
-async def test_a_request_cancelled_by_the_shutdown_timeout_gets_a_503_to_retry() -> None:
-    """uvicorn cancels what is still running when FUND_SHUTDOWN_TIMEOUT runs out; its own
-    answer to a task that ends so is a plain-text 500."""
-    waiting = asyncio.Event()
-
-    async def stuck(_scope: Scope, _receive: Receive, _send: Send) -> None:
-        waiting.set()
-        await asyncio.Event().wait()  # a statement waiting on a lock, say
+async def cancelled_midway(app: ASGIApp, reached: asyncio.Event) -> tuple[bool, list[Message]]:
+    """Run ``app`` behind the middleware, cancel it once it sets ``reached`` (as uvicorn
+    cancels what still runs when the graceful shutdown times out): whether the request
+    ended cancelled, and what it sent."""
 
     async def receive() -> Message:
         return {"type": "http.request", "body": b"", "more_body": False}
@@ -40,12 +36,24 @@ async def test_a_request_cancelled_by_the_shutdown_timeout_gets_a_503_to_retry()
     async def send(message: Message) -> None:
         sent.append(message)
 
-    request = asyncio.ensure_future(RequestContextMiddleware(stuck)(SCOPE, receive, send))
-    await waiting.wait()
+    request = asyncio.ensure_future(RequestContextMiddleware(app)(SCOPE, receive, send))
+    await reached.wait()
     request.cancel(msg="Task cancelled, timeout graceful shutdown exceeded")
     await asyncio.wait({request})
+    return request.cancelled(), sent
 
-    assert not request.cancelled()  # answered, and ended as a completed request
+
+async def test_a_request_cancelled_by_the_shutdown_timeout_gets_a_503_to_retry() -> None:
+    """uvicorn's own answer to a task that ends so is a plain-text 500."""
+    waiting = asyncio.Event()
+
+    async def stuck(_scope: Scope, _receive: Receive, _send: Send) -> None:
+        waiting.set()
+        await asyncio.Event().wait()  # a statement waiting on a lock, say
+
+    cancelled, sent = await cancelled_midway(stuck, waiting)
+
+    assert not cancelled  # answered, and ended as a completed request
     start, body = sent
     headers = dict(start["headers"])
     assert start["status"] == 503
@@ -63,18 +71,7 @@ async def test_a_cancelled_request_whose_answer_had_begun_stays_cancelled() -> N
         begun.set()
         await asyncio.Event().wait()
 
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
+    cancelled, sent = await cancelled_midway(streaming, begun)
 
-    sent: list[Message] = []
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    request = asyncio.ensure_future(RequestContextMiddleware(streaming)(SCOPE, receive, send))
-    await begun.wait()
-    request.cancel()
-    await asyncio.wait({request})
-
-    assert request.cancelled()  # nothing more can be said on a started answer
+    assert cancelled  # nothing more can be said on a started answer
     assert [m["type"] for m in sent] == ["http.response.start"]
