@@ -218,21 +218,21 @@ def get_settings() -> Settings:
     return Settings()
 
 
-def unknown_variables(environ: Iterable[str] = os.environ) -> list[str]:
-    """``FUND_`` variables that are no setting: a misspelt one is otherwise silently
-    ignored, and its default used."""
-    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
-    return sorted(
-        name
-        for name in environ
-        if name.upper().startswith(ENV_PREFIX) and name.upper() not in known | _OTHER_VARIABLES
-    )
-
-
 _OTHER_VARIABLES = {
     "FUND_TEST_POSTGRES_URL",  # the test suite's servers (tests/services.py)
     "FUND_TEST_REDIS_URL",
 }
+
+
+def unknown_variables(environ: Iterable[str] = os.environ) -> list[str]:
+    """``FUND_`` variables that are no setting: a misspelt one is otherwise silently
+    ignored, and its default used."""
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | _OTHER_VARIABLES
+    return sorted(
+        name
+        for name in environ
+        if name.upper().startswith(ENV_PREFIX) and name.upper() not in known
+    )
 
 
 def settings_problem(exc: ValidationError | UnsafeSettingsError | UnicodeDecodeError) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Path, Request
@@ -92,10 +93,10 @@ class QueryModel(Generic[M]):
         }
 
     async def __call__(self, request: Request) -> M:
-        query = request.query_params
-        values = dict(query)
-        if len(values) != len(query.multi_items()):
-            raise RequestValidationError(_repeated(query.multi_items()))
+        given = request.query_params.multi_items()
+        values = dict(given)
+        if len(values) != len(given):
+            raise RequestValidationError(_repeated(given))
         try:
             return self.model.model_validate(values)
         except ValidationError as exc:
@@ -105,12 +106,9 @@ class QueryModel(Generic[M]):
 
 
 def _repeated(items: list[tuple[str, str]]) -> list[dict[str, Any]]:
-    seen: dict[str, int] = {}
-    for name, _ in items:
-        seen[name] = seen.get(name, 0) + 1
     return [
         {"type": "repeated", "loc": ("query", name), "msg": "Give this parameter once"}
-        for name, count in seen.items()
+        for name, count in Counter(name for name, _ in items).items()
         if count > 1
     ]
 

@@ -37,7 +37,8 @@ def _take_migration_lock(connection: Connection) -> None:
 
     Polled with ``pg_try_advisory_lock`` between short transactions, not waited for in
     one statement: a waiting statement holds a snapshot, which a ``CREATE INDEX
-    CONCURRENTLY`` in the migration being waited for (008) would itself wait on, forever.
+    CONCURRENTLY`` in the migration being waited for (008) would itself wait on, a
+    deadlock PostgreSQL would break by failing one of the two.
     """
     while True:
         taken = connection.exec_driver_sql(f"SELECT pg_try_advisory_lock({MIGRATION_LOCK})")

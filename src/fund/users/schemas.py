@@ -53,8 +53,10 @@ Password = Annotated[
 ]
 # A name is printed in back-office screens, exports and terminals: no control characters
 # (C0, DEL, C1), which could break a CSV reader's lines or restyle a terminal (ESC).
-NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]*$"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_CHARACTERS = r"\x00-\x1f\x7f-\x9f"
+NO_CONTROL = f"^[^{_CONTROL_CHARACTERS}]*$"
+_CONTROL = re.compile(f"[{_CONTROL_CHARACTERS}]")
+MAX_FULL_NAME = 200
 
 
 def _no_control_characters(name: str) -> str:
@@ -65,9 +67,11 @@ def _no_control_characters(name: str) -> str:
 
 FullName = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_FULL_NAME),
     AfterValidator(_no_control_characters),
-    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 200, "pattern": NO_CONTROL}),
+    WithJsonSchema(
+        {"type": "string", "minLength": 1, "maxLength": MAX_FULL_NAME, "pattern": NO_CONTROL}
+    ),
 ]
 
 
