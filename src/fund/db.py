@@ -158,7 +158,8 @@ class UnitOfWork:
         """Close the session, if one was made (rolling back what was not committed)."""
         session, self._session = self._session, None
         if session is not None:
-            await session.close()
+            with anyio.CancelScope(shield=True):
+                await session.close()
 
 
 class Repository:
@@ -181,7 +182,10 @@ async def unit_of_work(sessions: async_sessionmaker[AsyncSession]) -> AsyncItera
         try:
             yield work
         except BaseException:
-            await work.rollback()
+            # Also when the request is cancelled: the rollback must finish, or the connection
+            # goes back idle in a transaction that holds its locks.
+            with anyio.CancelScope(shield=True):
+                await work.rollback()
             raise
         await work.commit()
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
+from fastapi.routing import APIRoute
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from fund.audit.service import Actor, AuditService
@@ -52,36 +53,53 @@ async def get_resources(request: Request) -> Resources:
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
 
-async def get_work(request: Request) -> AsyncGenerator[UnitOfWork]:
-    # A context manager, not a loop over a generator: an endpoint's error is thrown in here,
-    # and must reach the unit's rollback now, not when the generator is collected.
-    async with unit_of_work(resources_of(request).sessions) as work:
-        yield work
+class UnitOfWorkRoute(APIRoute):
+    """A route whose request is one unit of work, committed when the endpoint returns.
+
+    The handler FastAPI builds for the route reads the request, resolves the dependencies,
+    runs the endpoint and renders its response without sending it; the unit wraps all of
+    that, so its commit comes before the response leaves (a client that got its answer can
+    read its own write), and an error anywhere in it rolls the unit back before the error
+    is answered. Dependencies read the unit from the request (``work_of``).
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def in_unit_of_work(request: Request) -> Response:
+            async with unit_of_work(resources_of(request).sessions) as work:
+                request.scope[_WORK] = work
+                return await handler(request)
+
+        return in_unit_of_work
 
 
-# scope="function": the commit happens when the endpoint returns, before the response is sent,
-# so a client that got its answer can read its own write.
-WorkDep = Annotated[UnitOfWork, Depends(get_work, scope="function")]
+_WORK = "fund.work"
 
 
-async def get_user_service(request: Request, work: WorkDep) -> UserService:
+def work_of(request: Request) -> UnitOfWork:
+    work: UnitOfWork = request.scope[_WORK]
+    return work
+
+
+async def get_user_service(request: Request) -> UserService:
     resources = resources_of(request)
     return UserService(
-        work,
+        work_of(request),
         resources.cache,
         resources.cursors,
         cache_ttl=resources.settings.cache_user_ttl,
     )
 
 
-async def get_audit_service(request: Request, work: WorkDep) -> AuditService:
-    return AuditService(work, resources_of(request).cursors)
+async def get_audit_service(request: Request) -> AuditService:
+    return AuditService(work_of(request), resources_of(request).cursors)
 
 
-async def get_auth_service(request: Request, work: WorkDep) -> AuthService:
+async def get_auth_service(request: Request) -> AuthService:
     resources = resources_of(request)
     return AuthService(
-        work,
+        work_of(request),
         resources.throttle,
         resources.cursors,
         token_key=resources.token_key,
@@ -89,9 +107,9 @@ async def get_auth_service(request: Request, work: WorkDep) -> AuthService:
     )
 
 
-async def get_stats_service(request: Request, work: WorkDep) -> StatsService:
+async def get_stats_service(request: Request) -> StatsService:
     resources = resources_of(request)
-    return StatsService(work, resources.cache, ttl=resources.settings.cache_stats_ttl)
+    return StatsService(work_of(request), resources.cache, ttl=resources.settings.cache_stats_ttl)
 
 
 UserServiceDep = Annotated[UserService, Depends(get_user_service)]

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI, Response
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from starlette.requests import Request
 
 from fund.db import UnitOfWork, unit_of_work
-from fund.deps import get_work
+from fund.deps import Resources, UnitOfWorkRoute, work_of
+from fund.errors import Forbidden
 
 
 class CountingSessions(async_sessionmaker[AsyncSession]):
@@ -69,18 +79,81 @@ async def test_after_commit_work_runs_after_the_commit_and_never_after_a_rollbac
         await engine.dispose()
 
 
-async def test_an_endpoint_error_rolls_the_request_back_before_it_goes_on(app: FastAPI) -> None:
-    """The request's dependency, as FastAPI drives it: the error is thrown in at the yield."""
-    dependency = get_work(Request({"type": "http", "app": app}))
-    work = await anext(dependency)
-    await work.session.execute(text("SELECT 1"))  # a transaction is open, as after a write
-    assert work.in_transaction()
+LOCK = 4242
+"""An advisory lock a test endpoint takes in its transaction: held until the transaction ends."""
 
-    with pytest.raises(RuntimeError, match="endpoint failed"):
-        await dependency.athrow(RuntimeError("endpoint failed"))
 
-    # Rolled back and closed already: no connection left idle in transaction, holding locks.
-    assert not work.in_transaction()
+def _add_route(app: FastAPI, endpoint: Callable[[Request], Awaitable[None]]) -> str:
+    """``endpoint`` served by the app in a ``UnitOfWorkRoute``, as the API's routes are."""
+    router = APIRouter(route_class=UnitOfWorkRoute)
+    router.add_api_route("/test/work", endpoint, methods=["GET"])
+    app.include_router(router)
+    return "/test/work"
+
+
+async def _lock_is_free(engine: AsyncEngine) -> bool:
+    """Whether another connection can take ``LOCK`` now (the holder's transaction ended)."""
+    async with engine.connect() as conn:
+        free = bool(await conn.scalar(text(f"SELECT pg_try_advisory_lock({LOCK})")))
+        if free:
+            await conn.execute(text(f"SELECT pg_advisory_unlock({LOCK})"))
+        return free
+
+
+async def test_an_endpoint_error_rolls_the_request_back_before_it_is_answered(
+    app: FastAPI, client: httpx.AsyncClient, resources: Resources
+) -> None:
+    free_when_answered: list[bool] = []
+
+    async def fails(request: Request) -> None:
+        work = work_of(request)
+        await work.session.execute(text(f"SELECT pg_advisory_xact_lock({LOCK})"))
+        assert not await _lock_is_free(resources.engine)  # held: the transaction is open
+        raise Forbidden
+
+    @app.exception_handler(Forbidden)
+    async def answer(request: Request, error: Forbidden) -> Response:
+        free_when_answered.append(await _lock_is_free(resources.engine))
+        return Response(status_code=403)
+
+    response = await client.get(_add_route(app, fails))
+
+    assert response.status_code == 403
+    # Rolled back before the error was answered: no connection left idle in transaction,
+    # holding its locks, while the error goes on.
+    assert free_when_answered == [True]
+
+
+async def test_a_cancelled_request_is_rolled_back(
+    app: FastAPI, client: httpx.AsyncClient, resources: Resources
+) -> None:
+    """Cancelled mid-transaction (a shutdown that ran out of time): the rollback still runs."""
+    began = asyncio.Event()
+
+    async def waits(request: Request) -> None:
+        await work_of(request).session.execute(text(f"SELECT pg_advisory_xact_lock({LOCK})"))
+        began.set()
+        await asyncio.Event().wait()
+
+    request = asyncio.ensure_future(client.get(_add_route(app, waits)))
+    await began.wait()
+    assert not await _lock_is_free(resources.engine)
+    request.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await request
+    assert await _lock_is_free(resources.engine)
+
+
+async def test_the_unit_commits_before_the_response_is_sent(
+    app: FastAPI, client: httpx.AsyncClient, resources: Resources
+) -> None:
+    async def holds(request: Request) -> None:
+        await work_of(request).session.execute(text(f"SELECT pg_advisory_xact_lock({LOCK})"))
+
+    response = await client.get(_add_route(app, holds))
+
+    assert response.status_code == 200
+    assert await _lock_is_free(resources.engine)
 
 
 async def test_every_after_commit_callback_runs_even_after_one_fails(database_url: str) -> None:

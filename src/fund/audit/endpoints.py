@@ -25,7 +25,7 @@ from fund.audit.schemas import (
 from fund.audit.service import AuditService
 from fund.auth.dependencies import AdminActor, AdminUser
 from fund.db import UnitOfWork
-from fund.deps import AuditServiceDep, Resources, ResourcesDep
+from fund.deps import AuditServiceDep, Resources, ResourcesDep, UnitOfWorkRoute
 from fund.errors import (
     BadCursor,
     ExportsBusy,
@@ -42,6 +42,7 @@ from fund.kit.schemas import PageJSON, PageOut, RowJSON
 
 log = structlog.get_logger(__name__)
 router = APIRouter(
+    route_class=UnitOfWorkRoute,
     prefix="/audit-logs",
     tags=["audit"],
     responses=documented(NotAuthenticated, Forbidden, Unavailable),

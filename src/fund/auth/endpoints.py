@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import OAuth2PasswordRequestForm
 
 from fund.auth.schemas import TokenOut
-from fund.deps import AnonymousActorDep, AuthServiceDep
+from fund.deps import AnonymousActorDep, AuthServiceDep, UnitOfWorkRoute
 from fund.errors import (
     InvalidCredentials,
     MalformedBody,
@@ -19,7 +19,7 @@ from fund.errors import (
     error_response,
 )
 
-router = APIRouter(prefix="/auth", tags=["auth"])
+router = APIRouter(route_class=UnitOfWorkRoute, prefix="/auth", tags=["auth"])
 
 
 @router.post(

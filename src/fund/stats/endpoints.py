@@ -5,12 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from fund.auth.dependencies import StaffUser
-from fund.deps import StatsServiceDep
+from fund.deps import StatsServiceDep, UnitOfWorkRoute
 from fund.errors import Forbidden, NotAuthenticated, Unavailable, documented
 from fund.kit.schemas import CachedJSON
 from fund.stats.schemas import StatsOut
 
 router = APIRouter(
+    route_class=UnitOfWorkRoute,
     prefix="/stats",
     tags=["stats"],
     responses=documented(NotAuthenticated, Forbidden, Unavailable),

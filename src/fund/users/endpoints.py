@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response, status
 
 from fund.auth.dependencies import ActorDep, AdminActor, CurrentUser, StaffUser, UserReader
-from fund.deps import UserServiceDep
+from fund.deps import UnitOfWorkRoute, UserServiceDep
 from fund.errors import (
     BadCursor,
     EmailTaken,
@@ -34,7 +34,10 @@ from fund.users.schemas import (
 )
 
 router = APIRouter(
-    prefix="/users", tags=["users"], responses=documented(NotAuthenticated, Unavailable)
+    route_class=UnitOfWorkRoute,
+    prefix="/users",
+    tags=["users"],
+    responses=documented(NotAuthenticated, Unavailable),
 )
 
 
