@@ -64,6 +64,18 @@ def test_the_scope_is_the_route_and_the_filters_that_are_set() -> None:
     assert page_scope("users", {"q": "ab"}) != page_scope("users", {"q": "abc"})
 
 
+def test_a_remembered_scope_is_the_one_made_afresh() -> None:
+    """``page_scope`` remembers its digests: asked again, or for a value that is an equal
+    key of another type (True and 1), it answers as it would the first time."""
+    first = page_scope("users", {"role": "ADMIN", "is_active": True})
+    assert page_scope("users", {"is_active": True, "role": "ADMIN"}) == first
+    assert page_scope("users", {"role": "ADMIN", "is_active": 1}) != first
+    assert page_scope("users", {"role": "ADMIN", "is_active": True}) == first
+    # A value that cannot be remembered (unhashable) is digested all the same.
+    assert page_scope("users", {"ids": [1, 2]}) == page_scope("users", {"ids": [1, 2]})
+    assert page_scope("users", {"ids": [1, 2]}) != page_scope("users", {"ids": [2, 1]})
+
+
 @given(positions)
 def test_a_page_starts_where_its_cursor_points_and_writes_cursors_of_its_own_query(
     position: Position,

@@ -73,9 +73,29 @@ class PageStart:
 
 
 def page_scope(route: str, filters: Mapping[str, Any]) -> bytes:
-    """A digest of the route and its filters: a cursor only fits the query that made it."""
+    """A digest of the route and its filters: a cursor only fits the query that made it.
+
+    Every page request makes one, mostly for the same few filters: remembered (the JSON
+    and the hash cost a worker 20 µs a request, 3 % of ``GET /users``).
+    """
+    # Each value with its type: True and 1 are equal keys, but not the same filter.
+    present = tuple(
+        sorted(((k, type(v), v) for k, v in filters.items() if v is not None), key=_name)
+    )
+    try:
+        return _scope_digest(route, present)
+    except TypeError:  # a value that cannot be a cache key (a list): digested every time
+        return _scope_digest.__wrapped__(route, present)
+
+
+def _name(item: tuple[str, type, Any]) -> str:
+    return item[0]
+
+
+@functools.lru_cache(maxsize=1024)
+def _scope_digest(route: str, filters: tuple[tuple[str, type, Any], ...]) -> bytes:
     canonical = json.dumps(
-        {"route": route, "filters": {k: v for k, v in filters.items() if v is not None}},
+        {"route": route, "filters": {name: value for name, _, value in filters}},
         sort_keys=True,
         default=str,
         separators=(",", ":"),

@@ -88,9 +88,10 @@ USER_LIST_QUERY = QueryModel(UserListQuery)
 
 
 class UserRead(BaseModel):
-    """A user as the API shows it: no password, no hash."""
+    """A user as the API shows it: no password, no hash. Frozen: authentication shares one
+    parsed copy of a cache entry between requests (``fund.users.service._account``)."""
 
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(from_attributes=True, frozen=True)
 
     id: int
     email: str
