@@ -82,14 +82,27 @@ def work_of(request: Request) -> UnitOfWork:
     return work
 
 
+_USERS = "fund.users"
+
+
+def user_service_of(request: Request) -> UserService:
+    """The request's one ``UserService``: the caller check reads through it before the
+    endpoint does (``UserService.read_ahead``). Made on first use; a plain call rather than
+    a sub-dependency of every caller check, which FastAPI would resolve on every request."""
+    users: UserService | None = request.scope.get(_USERS)
+    if users is None:
+        resources = resources_of(request)
+        users = request.scope[_USERS] = UserService(
+            work_of(request),
+            resources.cache,
+            resources.cursors,
+            cache_ttl=resources.settings.cache_user_ttl,
+        )
+    return users
+
+
 async def get_user_service(request: Request) -> UserService:
-    resources = resources_of(request)
-    return UserService(
-        work_of(request),
-        resources.cache,
-        resources.cursors,
-        cache_ttl=resources.settings.cache_user_ttl,
-    )
+    return user_service_of(request)
 
 
 async def get_audit_service(request: Request) -> AuditService:

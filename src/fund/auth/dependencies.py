@@ -15,7 +15,7 @@ from fastapi.security import OAuth2PasswordBearer
 
 from fund.audit.service import Actor
 from fund.auth.service import authenticate
-from fund.deps import AnonymousActorDep, UserServiceDep, resources_of
+from fund.deps import AnonymousActorDep, resources_of, user_service_of
 from fund.errors import Forbidden
 from fund.kit import request_context
 from fund.models import Role
@@ -37,10 +37,10 @@ class Caller(OAuth2PasswordBearer):
         self.read_ahead = read_ahead
         """A path parameter naming a user the route reads: fetched with the caller."""
 
-    async def __call__(  # type: ignore[override]  # resolves the user, not the token
-        self, request: Request, users: UserServiceDep
-    ) -> UserRead:
+    async def __call__(self, request: Request) -> UserRead:  # type: ignore[override]
+        # Resolves the user, not the token.
         token = await super().__call__(request)
+        users = user_service_of(request)
         if self.read_ahead is not None:
             ahead = _user_id(request.path_params.get(self.read_ahead))
             if ahead is not None:
