@@ -78,7 +78,10 @@ _WORK = "fund.work"
 
 
 def work_of(request: Request) -> UnitOfWork:
-    work: UnitOfWork = request.scope[_WORK]
+    """The request's unit of work; its route must be a ``UnitOfWorkRoute``."""
+    work: UnitOfWork | None = request.scope.get(_WORK)
+    if work is None:
+        raise RuntimeError(f"{request.url.path}: its router needs route_class=UnitOfWorkRoute")
     return work
 
 

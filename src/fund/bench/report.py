@@ -297,9 +297,9 @@ def _why_deep(first: str, deep: str, cpu: Mapping[str, float]) -> str:
 
 
 _ADDS = {
-    "user": "FastAPI resolving three dependencies and the path's id, the token's signature, "
-    "one Redis round trip (an MGET of the caller's entry and the user's) and the caller's parse",
-    "users": "FastAPI resolving four dependencies (one reads the query string into a model), "
+    "user": "FastAPI resolving two dependencies and the path's id, the token's signature, "
+    "one Redis round trip (an MGET of the caller's entry and the user's)",
+    "users": "FastAPI resolving three dependencies (one reads the query string into a model), "
     "the token's signature, the caller's Redis read, a pooled connection and the asyncpg "
     "statement, rows to dicts, a signed cursor and orjson",
 }
