@@ -4,15 +4,18 @@ and no password, token or hash reaches the log, whatever the request carried."""
 from __future__ import annotations
 
 import json
+import logging
+from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
+import structlog
 from fastapi import FastAPI
 from sqlalchemy import text
 
 from fund.deps import Resources
-from fund.kit.logging import redact
+from fund.kit.logging import configure_logging, redact
 from tests.conftest import Account
 
 NEW_PASSWORD = "brand-new-password-9f3a1c"
@@ -159,3 +162,26 @@ async def test_unexpected_error_is_a_json_500_with_request_id_logged_once(
     assert errors[0]["request_id"] == "ops-log-bug-1"
     assert "RuntimeError: a bug" in errors[0]["exception"]
     assert access_line(lines, "ops-log-bug-1")["status"] == 500
+
+
+def test_a_line_is_written_whatever_its_values(capsys: pytest.CaptureFixture[str]) -> None:
+    """The JSON encoder (orjson) refuses some values: a log call must not raise for them,
+    and what it writes is still one JSON object, secrets redacted."""
+    config, root = structlog.get_config(), logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        configure_logging(json=True)
+        log = structlog.get_logger("test")
+        capsys.readouterr()
+        log.info("odd", big=2**70, keys={1: "int key", "api_key": "k"}, amount=Decimal("1.50"))
+        log.info("plain", error=ValueError("boom"), token="t")
+    finally:  # as the other tests' apps configured it
+        structlog.configure(**config)
+        root.handlers[:], root.level = handlers, level
+
+    odd, plain = json_lines(capsys.readouterr().err)
+    assert odd["big"] == 2**70  # past 64 bits: the standard library's encoder wrote it
+    assert odd["keys"] == {"1": "int key", "api_key": "[redacted]"}
+    assert odd["amount"] == "Decimal('1.50')"
+    assert plain["error"] == "ValueError('boom')"
+    assert plain["token"] == "[redacted]"
