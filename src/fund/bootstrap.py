@@ -16,7 +16,7 @@ from fund.db import UnitOfWork, create_engine, create_sessionmaker
 from fund.errors import EmailTaken, FundError
 from fund.kit.cache import Cache
 from fund.kit.pagination import CursorCodec
-from fund.users.schemas import UserCreate
+from fund.users.schemas import MAX_FULL_NAME, UserCreate
 from fund.users.service import UserService
 
 FIRST_ADMIN_EMAIL = "admin@example.com"
@@ -41,7 +41,7 @@ async def create_user(
 ) -> int:
     try:
         # A too-long email is reported as one, not as the name made from it.
-        name = full_name or email.split("@", maxsplit=1)[0][:200]
+        name = full_name or email.split("@", maxsplit=1)[0][:MAX_FULL_NAME]
         data = UserCreate(email=email, password=password, role=role, full_name=name)
     except ValidationError as exc:
         reasons = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
