@@ -192,6 +192,39 @@ async def test_filtered_pages_are_index_scans_that_read_one_page(
             assert "created_at, id) " in scan["Index Cond"]
 
 
+async def test_pages_are_planned_once_per_connection_not_per_page(loaded: Loaded) -> None:
+    """PostgreSQL may keep a prepared statement's generic plan only when it costs no more
+    than the custom ones; a ``LIMIT`` sent as a value it prices at a tenth of the table, and
+    every page was planned again. With the row count in the text the plan is kept."""
+    engine = create_async_engine(loaded.engine.url, pool_size=1, max_overflow=0)
+    deep = Position(*loaded.deep, Direction.NEXT)
+    try:
+        for filters in (UserFilters(), UserFilters(role=Role.ADMIN)):
+            for position in (None, deep):
+                for _ in range(7):  # past PostgreSQL's five custom plans before it may switch
+                    async with UnitOfWork(async_sessionmaker(engine)) as work:
+                        page = await UserRepository(work).page_rows(
+                            filters, limit=LIMIT, position=position, encode=lambda _: "cursor"
+                        )
+                    assert len(page.items) == LIMIT
+        async with engine.connect() as conn:  # the one pooled connection that ran them all
+            plans = {
+                row.statement: (row.generic_plans, row.custom_plans)
+                for row in await conn.execute(
+                    text(
+                        "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
+                    )
+                )
+                if "ORDER BY users.created_at DESC" in row.statement  # the pages' statements
+            }
+    finally:
+        await engine.dispose()
+    assert len(plans) == 4, plans  # two shapes, page one and from a cursor
+    for statement, (generic, custom) in plans.items():
+        assert generic + custom == 7, statement
+        assert custom <= 5 and generic >= 2, (statement, generic, custom)  # the last runs reused
+
+
 @pytest.mark.parametrize("where", WHERE)
 @pytest.mark.parametrize("name", list(COMMON))
 async def test_common_filter_values_read_about_one_page_from_an_index(

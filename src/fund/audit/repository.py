@@ -51,17 +51,19 @@ INDEX_ORDER_ONLY = (
 )
 # A page without equality filters (newest first, maybe within since/until) has one right plan
 # whatever the values: the timestamp index, walked from the position. Planned afresh for each
-# page (PostgreSQL keeps custom plans for these statements), it cost 0.04 ms for page one and
-# 0.12 ms for a page from a cursor, whose statement has two halves: more than running it
-# (0.02 / 0.04 ms), and with two workers a cursor page served ~13 % fewer requests than page
-# one. Such pages use the statement's generic plan, made once per connection. JIT stays off:
-# a generic plan prices an unknown LIMIT at a tenth of the table, which would compile it
-# (measured: 28 ms a page instead of 0.05). Pages with equality filters keep custom plans,
-# which see how rare the filtered value is (resource_type=audit_log is 1 % of the entries).
+# page, it cost 0.04 ms for page one and 0.12 ms for a page from a cursor, whose statement
+# has two halves: more than running it (0.02 / 0.04 ms), and with two workers a cursor page
+# served ~13 % fewer requests than page one. Such pages use the statement's generic plan,
+# made once per connection, with JIT off (a plan made without the values must not be
+# compiled for the worst case).
 _PLANNED_ONCE = (
     f"{INDEX_ORDER_ONLY}, set_config('plan_cache_mode', 'force_generic_plan', true), "
     "set_config('jit', 'off', true)"
 )
+# Pages with equality filters are planned for their values, every time: the plan sees how
+# rare the filtered value is (resource_type=audit_log is 1 % of the entries), and which of
+# two filters' indexes to walk depends on both values (a busy actor and a rare action).
+_PLANNED_PER_PAGE = f"{INDEX_ORDER_ONLY}, set_config('plan_cache_mode', 'force_custom_plan', true)"
 _RANGE_ONLY = frozenset({"since", "until"})
 _EXPORT_SETTINGS = (
     f"{INDEX_ORDER_ONLY}, set_config('statement_timeout', '{EXPORT_TIME_LIMIT * 1000}', true)"
@@ -280,7 +282,7 @@ class AuditRepository(Repository):
             position=position,
             encode=encode,
             params=values,
-            settings=_PLANNED_ONCE if _RANGE_ONLY.issuperset(values) else INDEX_ORDER_ONLY,
+            settings=_PLANNED_ONCE if _RANGE_ONLY.issuperset(values) else _PLANNED_PER_PAGE,
         )
         for row in page.items:
             row["details"] = orjson.loads(row["details"])
