@@ -599,6 +599,7 @@ async def _until_waiting_for_a_lock(resources: Resources) -> None:
                 text(
                     "SELECT count(*) FROM pg_stat_activity"
                     " WHERE wait_event_type = 'Lock' AND query LIKE '%FOR UPDATE%'"
+                    " AND datname = current_database()"
                 )
             )
         if waiting:

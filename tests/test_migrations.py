@@ -168,6 +168,12 @@ async def test_processes_migrating_one_database_at_once_take_turns(
     try:
         assert await conn.fetchval("SELECT version_num FROM alembic_version") == revisions()[-1]
         # No process is left holding (or waiting for) the lock.
-        assert await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+            == 0
+        )
     finally:
         await conn.close()

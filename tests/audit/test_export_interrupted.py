@@ -43,12 +43,13 @@ async def fill(resources: Resources, rows: int) -> None:
 
 
 async def copies_running(resources: Resources) -> int:
-    """COPY statements the server is still running for anyone but this query."""
+    """COPY statements still running in this test's database (others share the server)."""
     async with resources.engine.connect() as conn:
         count = await conn.scalar(
             text(
                 "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY %'"
                 " AND state <> 'idle' AND pid <> pg_backend_pid()"
+                " AND datname = current_database()"
             )
         )
     return int(count or 0)
@@ -152,7 +153,7 @@ async def test_an_export_cut_short_by_the_database_never_looks_complete(
                     text(
                         "SELECT count(*) FILTER (WHERE pg_cancel_backend(pid))"
                         " FROM pg_stat_activity WHERE query LIKE 'COPY %'"
-                        " AND pid <> pg_backend_pid()"
+                        " AND pid <> pg_backend_pid() AND datname = current_database()"
                     )
                 )
             assert cancelled == 1
