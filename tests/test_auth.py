@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import text
 from structlog.testing import capture_logs
 
+from fund.auth.throttle import LoginThrottle
 from fund.deps import Resources
 from fund.kit import security
 from fund.models import Role
@@ -104,6 +105,30 @@ async def test_a_failed_login_records_the_email_as_it_was_typed(
     assert (await login(client, typed, "wrong password 123")).status_code == 401
     [failed] = await audit_rows(resources, action="LOGIN_FAILED")
     assert (failed["resource_id"], failed["details"]) == (str(viewer.id), {"email": typed})
+
+
+async def test_a_success_on_one_worker_clears_failures_counted_on_another(
+    resources: Resources,
+) -> None:
+    """Two workers, two processes: each has its own throttle, and Redis is the one both see.
+    Four failures on A, a success on B, then a typo on A: the right password on A is then
+    checked, not refused (Redis counts one failure since the success)."""
+    settings = resources.settings
+    a, b = (
+        LoginThrottle(
+            resources.cache,
+            max_failures=settings.login_max_failures,
+            window_seconds=settings.login_lockout_seconds,
+        )
+        for _ in range(2)
+    )
+    email = "someone@example.com"
+    for _ in range(settings.login_max_failures - 1):
+        assert await a.attempt(email) == 0  # each a wrong password
+    assert await b.attempt(email) == 0
+    await b.succeeded(email)
+    assert await a.attempt(email) == 0  # a typo
+    assert await a.attempt(email) == 0  # the right password gets its check
 
 
 async def test_repeated_failures_for_one_account_are_throttled(

@@ -16,7 +16,7 @@ def _account(email: str) -> str:
 
 
 LOCAL_ACCOUNTS = 100_000
-"""Accounts this process counts itself (for a Redis outage): memory stays bounded."""
+"""Accounts whose count this process keeps (for a Redis outage): memory stays bounded."""
 
 
 class LoginThrottle:
@@ -33,19 +33,24 @@ class LoginThrottle:
         Counted first, so that counting and checking are one step: attempts sent at once are
         numbered one by one, and only the first ``max_failures`` of a window get a password
         check. A success clears the count (``succeeded``), so only failures add up.
+
+        While Redis answers, its count is the account's, whichever worker saw each attempt:
+        a success on one worker clears what failures on another had counted. This process
+        keeps a copy of the count Redis gave it, to go on counting from there when Redis
+        does not answer, so an outage neither resets the count nor lifts the limit.
         """
         account = _account(email)
-        # Counted here too, so a Redis outage neither resets the count nor lifts the limit.
-        count, until = self._local_state(account)
-        if count == 0:
-            until = time.monotonic() + self.window
-        self._remember(account, count + 1, until)
-        if count + 1 > self.max_failures:
-            return max(1, int(until - time.monotonic()))
         try:
             shared, seconds_left = await self.cache.incr_window(KIND, account, self.window)
         except CircuitOpen:
+            count, until = self._local_state(account)
+            if count == 0:
+                until = time.monotonic() + self.window
+            self._remember(account, count + 1, until)
+            if count + 1 > self.max_failures:
+                return max(1, int(until - time.monotonic()))
             return 0
+        self._remember(account, shared, time.monotonic() + seconds_left)
         return max(1, seconds_left) if shared > self.max_failures else 0
 
     async def succeeded(self, email: str) -> None:
