@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import text
 from structlog.testing import capture_logs
 
+from fund.auth import service as auth_service
 from fund.auth.throttle import LoginThrottle
 from fund.deps import Resources
 from fund.kit import security
@@ -49,6 +50,34 @@ async def test_login_returns_a_bearer_token_that_works(
     assert entry["resource_id"] == str(analyst.id)
     assert entry["details"] == {}
     assert str(entry["ip_address"]) == "203.0.113.7"
+
+
+@pytest.mark.parametrize("known", [True, False])
+async def test_no_database_connection_is_held_while_a_password_is_checked(
+    client: httpx.AsyncClient,
+    viewer: Account,
+    resources: Resources,
+    monkeypatch: pytest.MonkeyPatch,
+    known: bool,
+) -> None:
+    """A burst of sign-ins (a spray of guessed emails) must not take the pool's connections
+    from every other request: each check takes ~40 ms of a core, and waits its turn."""
+    pool = resources.engine.sync_engine.pool
+    held: list[int] = []
+    check = auth_service.verify_password_off_loop
+
+    async def observed(password: str, hashed: str | None) -> bool:
+        held.append(pool.checkedout())  # type: ignore[attr-defined]
+        return await check(password, hashed)
+
+    monkeypatch.setattr(auth_service, "verify_password_off_loop", observed)
+    email = viewer.user.email if known else "nobody@example.com"
+    response = await login(client, email, PASSWORD)
+
+    assert response.status_code == (200 if known else 401)
+    assert held == [0]
+    # And the entry was still written, in the request's own transaction.
+    assert len(await audit_rows(resources, action="LOGIN" if known else "LOGIN_FAILED")) == 1
 
 
 async def test_unknown_email_wrong_password_and_deactivated_look_the_same(

@@ -142,6 +142,13 @@ _BY_ID = DriverQuery(
 )
 
 
+_CREDENTIALS = DriverQuery(
+    select(User.id, User.hashed_password, User.is_active, User.token_version).where(
+        User.email == bindparam("email")
+    )
+)
+
+
 class UserRepository(Repository):
     async def get_row(self, user_id: int) -> dict[str, Any] | None:
         """The shown columns of one user and which of its tokens are good, on the driver.
@@ -153,11 +160,17 @@ class UserRepository(Repository):
         rows = await driver_fetch(self.work, _BY_ID, {"user_id": user_id})
         return rows[0] if rows else None
 
+    async def get_credentials(self, email: str) -> dict[str, Any] | None:
+        """What signing in checks of the account with this email, on the driver.
+
+        Outside the request's transaction (none has begun at sign-in), so the pooled
+        connection is held for this statement only, not while the password is checked.
+        """
+        rows = await driver_fetch(self.work, _CREDENTIALS, {"email": email})
+        return rows[0] if rows else None
+
     async def get_for_update(self, user_id: int) -> User | None:
         return await self.session.get(User, user_id, with_for_update=True)
-
-    async def get_by_email(self, email: str) -> User | None:
-        return await self.session.scalar(select(User).where(User.email == email))
 
     async def email_taken(self, email: str, *, besides: int | None = None) -> bool:
         stmt = select(User.id).where(User.email == email)
