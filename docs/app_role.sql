@@ -1,5 +1,5 @@
 -- The privileges of the role `fund serve` connects as: what the service needs, and nothing
--- that could rewrite the audit trail (docs/AUDIT.md, "Who can change history").
+-- that could rewrite the audit trail (docs/AUDIT.md, "Immutability, and what it rests on").
 --
 -- Run it as the role that owns the tables (the one that ran `fund db upgrade`), after the
 -- migrations, on the service's database:

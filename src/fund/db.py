@@ -1,4 +1,4 @@
-"""Engine, units of work and migrations. ``unit_of_work`` is the one place that commits."""
+"""Engine, units of work and migrations. ``unit_of_work`` is the one place a change commits."""
 
 from __future__ import annotations
 

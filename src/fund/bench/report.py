@@ -529,11 +529,12 @@ def _n_plus_one_section(run: BenchRun, chart_names: list[str]) -> list[str]:
     return [
         "## N+1 against `include=audit_logs`",
         "",
-        "A page of users with each one's 5 newest audit entries: one query per user "
-        "(`AuditRepository.page(user_id=…)`) against one LATERAL query for the page "
-        "(`AuditRepository.latest_rows_by_actors`). Wall time of a fresh session, median. "
-        "Statements are all those sent, including any transaction-local planner setting a "
-        "repository sends before its SELECT.",
+        "A page of users with each one's 5 newest audit entries: one query per user, as "
+        "`GET /audit-logs?user_id=…&limit=5` reads them (`AuditRepository.page_rows`, each "
+        "in its read-only transaction that begins with its planner settings), against one "
+        "LATERAL query for the page (`AuditRepository.latest_rows_by_actors`). Wall time of "
+        "a fresh session, median. Statements are all those sent, the planner settings "
+        "included.",
         "",
         *_table(["page size", "1 + N", "include (constant)", "gain"], rows),
         "",
