@@ -12,6 +12,7 @@ from typing import Any, TextIO
 
 import anyio
 import orjson
+import structlog
 from alembic.config import Config
 from sqlalchemy import ClauseElement, event, make_url
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
@@ -31,6 +32,8 @@ from fund.kit import metrics
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 AfterCommit = Callable[[], Awaitable[None]]
+
+log = structlog.get_logger(__name__)
 
 
 def create_engine(url: str, settings: Settings) -> AsyncEngine:
@@ -132,18 +135,20 @@ class UnitOfWork:
 
     async def commit(self) -> None:
         """Commit, then run what waited for the commit: every callback, even after one fails
-        (each is an invalidation no other may skip); the first failure is raised after."""
+        (each is an invalidation no other may skip).
+
+        A callback's failure is logged, not raised: the change is committed, with its audit
+        entry, and an error answer would tell the client to retry a change that was made
+        (a retried password change would be made and audited twice).
+        """
         callbacks, self._after_commit = self._after_commit, []
         if self._session is not None and self._session.in_transaction():
             await self._session.commit()
-        failures: list[Exception] = []
         for callback in callbacks:
             try:
                 await callback()
             except Exception as exc:
-                failures.append(exc)
-        if failures:
-            raise failures[0]
+                log.error("after_commit_failed", error=type(exc).__name__, detail=str(exc))
 
     async def rollback(self) -> None:
         """Undo the transaction; what waited for a commit will not run."""

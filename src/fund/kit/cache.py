@@ -395,7 +395,8 @@ class Cache:
         if self.invalidation_log is None:
             return
         log.warning("cache_invalidation_deferred", key=k)
-        # If PostgreSQL fails here too, the request fails: the write is not reported done.
+        # If PostgreSQL fails here too, this raises: the unit of work logs it (the change is
+        # committed and answered as done) and this process keeps the key in ``pending``.
         await self.invalidation_log.record(k)
         # Every process that read the log before the record stops trusting Redis by then.
         await asyncio.sleep(self.lease + LEASE_MARGIN)
