@@ -28,14 +28,6 @@ class BadCursor(FundError):
     detail = "Invalid cursor"
 
 
-class MalformedBody(FundError):
-    """A body that is not the JSON or form it claims to be: FastAPI answers it itself (400,
-    before any validation); listed so that the routes that take a body document it."""
-
-    status = HTTPStatus.BAD_REQUEST
-    detail = "There was an error parsing the body"
-
-
 class NotAuthenticated(FundError):
     status = HTTPStatus.UNAUTHORIZED
     detail = "Could not validate credentials"

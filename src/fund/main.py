@@ -122,6 +122,13 @@ def create_app(settings: Settings | None = None, *, settle_heap: bool = False) -
     return app
 
 
+UNREADABLE_BODY_ERROR = {
+    "type": "body_unreadable",
+    "loc": ["body"],
+    "msg": "The body could not be read as the JSON or form it claims to be",
+}
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(FundError)
     async def domain_error(_: Request, error: FundError) -> JSONResponse:
@@ -134,6 +141,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+        if error.status_code == 400:
+            # Only reading a body raises a 400 HTTPException here (a bad cursor is a domain
+            # error): FastAPI's for JSON its parser refuses before reading any value (bytes
+            # that are not UTF-8, nesting or a number beyond its limits), Starlette's for
+            # broken multipart. Bad input like any body that is not JSON: the same 422
+            # (API.md section 7 keeps 400 for cursors).
+            return JSONResponse({"detail": [UNREADABLE_BODY_ERROR]}, status_code=422)
         if error.status_code == 405:
             # The router names the methods of the first route whose path matched; a path can
             # have several (GET and PATCH /users/me), and a 405 must list them all (RFC 9110).

@@ -12,7 +12,6 @@ from fund.auth.schemas import TokenOut
 from fund.deps import AnonymousActorDep, AuthServiceDep, UnitOfWorkRoute
 from fund.errors import (
     InvalidCredentials,
-    MalformedBody,
     TooManyAttempts,
     Unavailable,
     documented,
@@ -25,7 +24,7 @@ router = APIRouter(route_class=UnitOfWorkRoute, prefix="/auth", tags=["auth"])
 @router.post(
     "/token",
     response_model=TokenOut,
-    responses=documented(MalformedBody, InvalidCredentials, TooManyAttempts, Unavailable),
+    responses=documented(InvalidCredentials, TooManyAttempts, Unavailable),
 )
 async def issue_token(
     form: Annotated[OAuth2PasswordRequestForm, Depends()],

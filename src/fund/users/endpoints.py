@@ -13,7 +13,6 @@ from fund.errors import (
     EmailTaken,
     Forbidden,
     LastAdmin,
-    MalformedBody,
     NotAuthenticated,
     NotFound,
     Unavailable,
@@ -68,7 +67,7 @@ async def list_users(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=UserRead,
-    responses=documented(MalformedBody, Forbidden, EmailTaken),
+    responses=documented(Forbidden, EmailTaken),
 )
 async def create_user(data: UserCreate, actor: AdminActor, users: UserServiceDep) -> UserRead:
     return await users.create(actor, data)
@@ -79,7 +78,7 @@ async def read_me(user: CurrentUser) -> UserRead:
     return user
 
 
-@router.patch("/me", response_model=UserRead, responses=documented(MalformedBody))
+@router.patch("/me", response_model=UserRead, responses=documented())
 async def update_me(
     data: UserSelfUpdate, user: CurrentUser, actor: ActorDep, users: UserServiceDep
 ) -> UserRead:
@@ -101,7 +100,7 @@ async def read_user(user_id: PathId, caller: UserReader, users: UserServiceDep) 
 @router.patch(
     "/{user_id}",
     response_model=UserRead,
-    responses=documented(MalformedBody, Forbidden, NotFound, EmailTaken, LastAdmin),
+    responses=documented(Forbidden, NotFound, EmailTaken, LastAdmin),
 )
 async def update_user(
     user_id: PathId, data: UserUpdate, actor: AdminActor, users: UserServiceDep
