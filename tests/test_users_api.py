@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from fund.deps import Resources
+from fund.errors import LastAdmin
 from fund.models import Role
+from fund.users.repository import ADMIN_REMOVAL_LOCK
 from tests.conftest import PASSWORD, Account, make_account
 from tests.helpers import audit_rows, count_rows
 
@@ -413,6 +417,130 @@ async def test_an_admin_can_be_demoted_while_another_stays(
     )
     assert response.status_code == 200
     assert response.json()["role"] == "ANALYST"
+
+
+@pytest.mark.parametrize(
+    ("method", "body", "action", "done"),
+    [("PATCH", {"role": "VIEWER"}, "UPDATE", 200), ("DELETE", None, "DELETE", 204)],
+    ids=["demote", "deactivate"],
+)
+async def test_two_admins_taking_each_other_away_at_once_leave_one(
+    client: httpx.AsyncClient,
+    resources: Resources,
+    method: str,
+    body: dict[str, Any] | None,
+    action: str,
+    done: int,
+) -> None:
+    """The only two active admins each demote (or deactivate) the other at the same moment:
+    one change passes, the other is the last-admin 409; never both, never a deadlock.
+
+    So that the two truly overlap, both are held at the lock that orders such changes,
+    taken here first, until both wait for it; then it is let go. Three rounds: the admin
+    left by one round and a new one are the next round's pair.
+    """
+    survivor = await make_account(resources, Role.ADMIN)
+    for round_ in range(1, 4):
+        pair = (survivor, await make_account(resources, Role.ADMIN))
+        async with resources.engine.connect() as holder:
+            await holder.execute(text("SELECT pg_advisory_lock(:key)"), {"key": ADMIN_REMOVAL_LOCK})
+            try:
+                changes = [
+                    asyncio.create_task(
+                        client.request(
+                            method, f"{USERS}/{target.id}", json=body, headers=actor.headers
+                        )
+                    )
+                    for actor, target in (pair, pair[::-1])
+                ]
+                await _until_waiting_for_admin_removals(resources, 2)
+            finally:
+                await holder.execute(
+                    text("SELECT pg_advisory_unlock(:key)"), {"key": ADMIN_REMOVAL_LOCK}
+                )
+        responses = await asyncio.wait_for(asyncio.gather(*changes), timeout=30)
+
+        statuses = [response.status_code for response in responses]
+        assert sorted(statuses) == [done, 409], [response.text for response in responses]
+        assert responses[statuses.index(409)].json() == {"detail": LastAdmin.detail}
+        survivor = pair[statuses.index(done)]  # the actor of the change that passed
+        async with resources.engine.connect() as conn:
+            admins = await conn.scalars(
+                text("SELECT id FROM users WHERE role = 'ADMIN' AND is_active")
+            )
+            assert admins.all() == [survivor.id]
+        assert len(await audit_rows(resources, action=action)) == round_
+
+
+async def _until_waiting_for_admin_removals(resources: Resources, count: int) -> None:
+    """Until ``count`` sessions of this test's database wait for ``ADMIN_REMOVAL_LOCK``."""
+    for _ in range(500):
+        async with resources.engine.connect() as conn:
+            waiting = await conn.scalar(
+                text(
+                    "SELECT count(*) FROM pg_locks JOIN pg_database ON pg_database.oid = database"
+                    " WHERE datname = current_database() AND locktype = 'advisory'"
+                    " AND NOT granted AND (classid::bigint << 32) | objid::bigint = :key"
+                ),
+                {"key": ADMIN_REMOVAL_LOCK},
+            )
+        if waiting == count:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{count} changes never waited for the lock that orders them")
+
+
+async def test_changes_that_take_no_admin_away_never_wait_for_the_other_admins(
+    client: httpx.AsyncClient, admin: Account, resources: Resources
+) -> None:
+    """A VIEWER's deactivation or new role, and an admin's deactivation while others stay, go
+    through while the other admins' rows are locked elsewhere (as an admin's change to their
+    own account locks their row): only a change taking away an active ADMIN is ordered
+    behind the others, and none of them locks the other admins' rows. The VIEWERs' changes
+    also go through while the lock that orders those changes is held elsewhere.
+
+    The caller's own row is left free: its audit entry refers to it (a foreign key, whose
+    check takes a KEY SHARE lock), so a change by an admin waits for their own locked row,
+    whatever the change. The wait below is a safety net; the assertions are on what changed.
+    """
+    others = [await make_account(resources, Role.ADMIN) for _ in range(2)]
+    leaving = await make_account(resources, Role.ADMIN)
+    viewers = [await make_account(resources, Role.VIEWER) for _ in range(2)]
+    async with resources.engine.connect() as holder:
+        await holder.begin()
+        locked = await holder.scalars(
+            text("SELECT id FROM users WHERE id = ANY(:ids) FOR UPDATE"),
+            {"ids": [other.id for other in others]},
+        )
+        assert len(locked.all()) == 2
+        await holder.execute(text("SELECT pg_advisory_lock(:key)"), {"key": ADMIN_REMOVAL_LOCK})
+        try:
+            deactivated = await asyncio.wait_for(
+                client.delete(f"{USERS}/{viewers[0].id}", headers=admin.headers), timeout=5
+            )
+            promoted = await asyncio.wait_for(
+                client.patch(
+                    f"{USERS}/{viewers[1].id}", json={"role": "ANALYST"}, headers=admin.headers
+                ),
+                timeout=5,
+            )
+        finally:
+            await holder.execute(
+                text("SELECT pg_advisory_unlock(:key)"), {"key": ADMIN_REMOVAL_LOCK}
+            )
+        left = await asyncio.wait_for(
+            client.delete(f"{USERS}/{leaving.id}", headers=admin.headers), timeout=5
+        )
+        await holder.rollback()
+
+    assert (deactivated.status_code, promoted.status_code, left.status_code) == (204, 200, 204)
+    async with resources.engine.connect() as conn:
+        rows = await conn.execute(text("SELECT id, role, is_active FROM users ORDER BY id"))
+        state = {row.id: (row.role, row.is_active) for row in rows}
+    assert state[viewers[0].id] == ("VIEWER", False)
+    assert state[viewers[1].id] == ("ANALYST", True)
+    assert state[leaving.id] == ("ADMIN", False)
+    assert [state[user.id] for user in (admin, *others)] == [("ADMIN", True)] * 3
 
 
 async def test_patch_me_changes_name_and_password_only(

@@ -207,12 +207,12 @@ class UserService:
         new_hash = (
             await hash_password_off_loop(requested["password"]) if "password" in requested else None
         )
-        # Admin rows are locked before the user's row, in one order, so that two
-        # concurrent demotions cannot both pass nor deadlock.
-        admins = (
-            await self.repository.lock_active_admins()
-            if "role" in requested or requested.get("is_active") is False
-            else None
+        # Before the row: a change that may take an active ADMIN away (``_keep_an_admin``).
+        ordered = (
+            await self.repository.lock_admin_removals_if_admin(user_id)
+            if requested.get("role", Role.ADMIN) is not Role.ADMIN
+            or requested.get("is_active") is False
+            else False
         )
         user = await self._lock_for_change(actor, user_id)
         own = actor.user_id == user.id
@@ -226,13 +226,12 @@ class UserService:
             if field in requested and requested[field] != getattr(user, field):
                 old, new = getattr(user, field), requested[field]
                 changes[field] = {"old": _plain(old), "new": _plain(new)}
-        if admins is not None:
-            self._keep_an_admin(
-                admins,
-                user,
-                role=requested.get("role", user.role),
-                is_active=requested.get("is_active", user.is_active),
-            )
+        await self._keep_an_admin(
+            user,
+            role=requested.get("role", user.role),
+            is_active=requested.get("is_active", user.is_active),
+            ordered=ordered,
+        )
         if new_hash is not None:
             user.hashed_password = new_hash
             changes["password"] = "changed"  # noqa: S105 (a marker, not a secret)
@@ -284,11 +283,11 @@ class UserService:
             await self.audit.record(actor, Action.DELETE, ResourceType.USER, user_id)
 
     async def deactivate(self, actor: Actor, user_id: int) -> None:
-        admins = await self.repository.lock_active_admins()
+        ordered = await self.repository.lock_admin_removals_if_admin(user_id)  # before the row
         user = await self._lock_for_change(actor, user_id)
         if not user.is_active:
             return  # already deactivated: idempotent
-        self._keep_an_admin(admins, user, role=user.role, is_active=False)
+        await self._keep_an_admin(user, role=user.role, is_active=False, ordered=ordered)
         user.is_active = False
         self._end_sessions(user, keep=None)  # they stay ended if it is activated again
         await self.repository.save(user)
@@ -306,12 +305,32 @@ class UserService:
         )
         return view, password
 
-    @staticmethod
-    def _keep_an_admin(admins: list[int], user: User, *, role: Role, is_active: bool) -> None:
-        """Refuse the change that would leave no active ADMIN."""
-        if role is Role.ADMIN and is_active:
-            return
-        if admins == [user.id]:
+    async def _keep_an_admin(
+        self, user: User, *, role: Role, is_active: bool, ordered: bool
+    ) -> None:
+        """Refuse the change that would leave no active ADMIN.
+
+        Only a change that takes an active ADMIN away is checked, and those few take turns
+        on one advisory lock (``ADMIN_REMOVAL_LOCK``): each looks for another active ADMIN
+        in a statement that starts once it holds the lock, so, under READ COMMITTED, it sees
+        what the change before it committed. Two admins demoting each other at once cannot
+        both pass: the second finds the first gone. The look locks no row, and no other
+        admin's row is ever locked, so neither a VIEWER's deactivation nor an admin's change
+        to their own account waits for a change to some other admin's account.
+
+        The lock is taken before the user's row, if an unlocked read of the row finds an
+        active ADMIN (``ordered``). Taken after it, it would deadlock those two admins: the
+        one holding the lock writes an audit entry whose foreign key takes a KEY SHARE lock
+        on its actor's row, which the other holds FOR UPDATE while it waits for the lock.
+        Only a user made an active ADMIN between that read and the row lock gets the lock
+        here, after the row; should that rare order close a cycle, PostgreSQL breaks it and
+        the change is a 409 "retry", never a pass.
+        """
+        if not (user.role is Role.ADMIN and user.is_active) or (role is Role.ADMIN and is_active):
+            return  # takes no active ADMIN away
+        if not ordered:
+            await self.repository.lock_admin_removals()
+        if not await self.repository.another_active_admin(besides=user.id):
             raise LastAdmin
 
     @staticmethod
