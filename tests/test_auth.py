@@ -653,7 +653,7 @@ async def _until_waiting_for_a_lock(resources: Resources) -> None:
             waiting = await conn.scalar(
                 text(
                     "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE wait_event_type = 'Lock' AND query LIKE '%FOR UPDATE%'"
+                    " WHERE wait_event_type = 'Lock' AND query LIKE '%FOR NO KEY UPDATE%'"
                     " AND datname = current_database()"
                 )
             )

@@ -8,11 +8,13 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from fund.db import UnitOfWork
 from fund.deps import Resources
 from fund.errors import LastAdmin
 from fund.models import Role
-from fund.users.repository import ADMIN_REMOVAL_LOCK
+from fund.users.repository import ADMIN_REMOVAL_LOCK, UserRepository
 from tests.conftest import PASSWORD, Account, make_account
 from tests.helpers import audit_rows, count_rows
 
@@ -499,9 +501,7 @@ async def test_changes_that_take_no_admin_away_never_wait_for_the_other_admins(
     behind the others, and none of them locks the other admins' rows. The VIEWERs' changes
     also go through while the lock that orders those changes is held elsewhere.
 
-    The caller's own row is left free: its audit entry refers to it (a foreign key, whose
-    check takes a KEY SHARE lock), so a change by an admin waits for their own locked row,
-    whatever the change. The wait below is a safety net; the assertions are on what changed.
+    The wait below is a safety net; the assertions are on what changed.
     """
     others = [await make_account(resources, Role.ADMIN) for _ in range(2)]
     leaving = await make_account(resources, Role.ADMIN)
@@ -541,6 +541,28 @@ async def test_changes_that_take_no_admin_away_never_wait_for_the_other_admins(
     assert state[viewers[1].id] == ("ANALYST", True)
     assert state[leaving.id] == ("ADMIN", False)
     assert [state[user.id] for user in (admin, *others)] == [("ADMIN", True)] * 3
+
+
+async def test_an_admin_changes_accounts_while_their_own_is_locked_for_a_change(
+    client: httpx.AsyncClient, admin: Account, viewer: Account, resources: Resources
+) -> None:
+    """The admin's audit entry refers to their row (a foreign key, whose check takes a KEY
+    SHARE lock): the lock a change to their account holds must let it through, or two
+    admins changing each other's accounts deadlock. The wait is a safety net."""
+    async with UnitOfWork(async_sessionmaker(resources.engine)) as holding:
+        # The lock a change to the admin's account holds, taken as the service takes it.
+        assert await UserRepository(holding).get_for_update(admin.id) is not None
+        renamed = await asyncio.wait_for(
+            client.patch(
+                f"{USERS}/{viewer.id}", json={"full_name": "Renamed"}, headers=admin.headers
+            ),
+            timeout=5,
+        )
+        await holding.rollback()
+
+    assert renamed.status_code == 200
+    [entry] = await audit_rows(resources, action="UPDATE")
+    assert (entry["user_id"], entry["resource_id"]) == (admin.id, str(viewer.id))
 
 
 async def test_patch_me_changes_name_and_password_only(

@@ -189,7 +189,13 @@ class UserRepository(Repository):
         return rows[0] if rows else None
 
     async def get_for_update(self, user_id: int) -> User | None:
-        return await self.session.get(User, user_id, with_for_update=True)
+        """The user's row, locked for a change: ``FOR NO KEY UPDATE``, the lock an UPDATE
+        that keeps the row's keys takes. An audit entry whose actor is this user takes a KEY
+        SHARE lock on the row (its foreign key), which this lock lets through and ``FOR
+        UPDATE`` would not: a change to an admin's account would stall every change that
+        admin makes meanwhile, and two admins changing each other's accounts would deadlock.
+        (A change of email takes the stronger lock as it updates: the email is a key.)"""
+        return await self.session.get(User, user_id, with_for_update={"key_share": True})
 
     async def email_taken(self, email: str, *, besides: int | None = None) -> bool:
         stmt = select(User.id).where(User.email == email)

@@ -319,9 +319,12 @@ class UserService:
         to their own account waits for a change to some other admin's account.
 
         The lock is taken before the user's row, if an unlocked read of the row finds an
-        active ADMIN (``ordered``). Taken after it, it would deadlock those two admins: the
-        one holding the lock writes an audit entry whose foreign key takes a KEY SHARE lock
-        on its actor's row, which the other holds FOR UPDATE while it waits for the lock.
+        active ADMIN (``ordered``). Taken after it, with rows locked ``FOR UPDATE`` as they
+        were, it deadlocked those two admins: the one holding the lock writes an audit entry
+        whose foreign key takes a KEY SHARE lock on its actor's row, which the other held
+        while it waited for the lock. Rows are now locked ``FOR NO KEY UPDATE``, which KEY
+        SHARE passes (``UserRepository.get_for_update``), but an email change in the same
+        request takes the stronger lock, so the order stays.
         Only a user made an active ADMIN between that read and the row lock gets the lock
         here, after the row; should that rare order close a cycle, PostgreSQL breaks it and
         the change is a 409 "retry", never a pass.
