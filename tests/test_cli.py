@@ -63,6 +63,8 @@ async def test_users_create_prints_the_id_and_refuses_bad_values_with_exit_1(
         "bad-role": create("a@example.com", role="ROOT"),
         "bad-email": create("not-an-email"),
         "short-password": create("b@example.com", password="short"),
+        "blank-password": create("c@example.com", password=" " * 12),
+        "empty-name": [*create("d@example.com"), "--full-name", ""],  # given, so not made up
     }
     for name, args in failures.items():
         code, out, err = await fund(database_url, *args)
@@ -70,6 +72,7 @@ async def test_users_create_prints_the_id_and_refuses_bad_values_with_exit_1(
         assert out == "", name
         assert err.startswith("fund: "), name
         assert "Traceback" not in err, name
+        assert "Value error" not in err, name  # pydantic's prefix says nothing to a reader
     _, _, err = await fund(database_url, *create("ops@example.com"))
     assert "already exists" in err
 

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from fund.audit.service import Actor
 from fund.config import Settings
 from fund.db import UnitOfWork, create_engine, create_sessionmaker
-from fund.errors import EmailTaken, FundError
+from fund.errors import EmailTaken, FundError, validation_message
 from fund.kit.cache import Cache
 from fund.kit.pagination import CursorCodec
 from fund.users.schemas import MAX_FULL_NAME, UserCreate
@@ -41,10 +41,15 @@ async def create_user(
 ) -> int:
     try:
         # A too-long email is reported as one, not as the name made from it.
-        name = full_name or email.split("@", maxsplit=1)[0][:MAX_FULL_NAME]
+        # Given empty, it is refused like a blank one; only a missing name is made up.
+        name = (
+            full_name if full_name is not None else email.split("@", maxsplit=1)[0][:MAX_FULL_NAME]
+        )
         data = UserCreate(email=email, password=password, role=role, full_name=name)
     except ValidationError as exc:
-        reasons = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        reasons = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {validation_message(e['msg'])}" for e in exc.errors()
+        )
         raise CreateUserFailed(reasons) from exc
     async with _user_service(settings) as (service, work):
         try:

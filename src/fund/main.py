@@ -24,7 +24,7 @@ from fund.auth.throttle import LoginThrottle
 from fund.config import Settings, get_settings
 from fund.db import asyncpg_dsn, create_engine, create_sessionmaker
 from fund.deps import Resources
-from fund.errors import BadCursor, FundError, Unavailable, error_response
+from fund.errors import BadCursor, FundError, Unavailable, error_response, validation_message
 from fund.kit import heap, metrics
 from fund.kit.cache import Cache, InvalidationLog, create_redis
 from fund.kit.logging import configure_logging
@@ -160,7 +160,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
         # Inputs are not echoed back: a rejected password must not travel twice.
         detail = [
-            {"type": e.get("type"), "loc": list(e.get("loc", ())), "msg": e.get("msg")}
+            {
+                "type": e.get("type"),
+                "loc": list(e.get("loc", ())),
+                "msg": validation_message(str(e.get("msg", ""))),
+            }
             for e in error.errors()
         ]
         return JSONResponse({"detail": detail}, status_code=422)
