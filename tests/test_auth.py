@@ -65,7 +65,7 @@ async def test_no_database_connection_is_held_while_a_password_is_checked(
     from every other request: each check takes ~40 ms of a core, and waits its turn."""
     pool = resources.engine.sync_engine.pool
     held: list[int] = []
-    check = auth_service.verify_password_off_loop
+    check = security.verify_password_off_loop
 
     async def observed(password: str, hashed: str | None) -> bool:
         held.append(pool.checkedout())  # type: ignore[attr-defined]

@@ -9,6 +9,7 @@ back (DDL is transactional in PostgreSQL), so the data is never changed.
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -23,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from fund.audit.repository import AuditRepository
 from fund.audit.schemas import Action, AuditFilters, ResourceType
 from fund.db import UnitOfWork, create_sessionmaker
-from fund.kit.pagination import Direction, Position
+from fund.kit.pagination import Direction, Position, rows_to_read
 from fund.models import Role
 from fund.users.repository import UserRepository
 from fund.users.schemas import UserFilters
@@ -186,10 +187,16 @@ async def secondary_indexes(engine: AsyncEngine, table: str) -> list[str]:
 
 
 def _with_limit(query: PageQuery, limit: int) -> Statement:
+    """The first page's statement reading ``limit`` rows: its row count is in its text, last
+    (``fund.kit.pagination.keyset_statement``)."""
     sql, params = query.statement
-    if not params or params[-1] != PAGE + 1:
-        raise RuntimeError("the page statement's last parameter is expected to be its LIMIT")
-    return sql, (*params[:-1], limit)
+    counted = _LAST_LIMIT.search(sql)
+    if counted is None or int(counted.group(1)) != rows_to_read(PAGE):
+        raise RuntimeError("the page statement is expected to end with its LIMIT")
+    return f"{sql[: counted.start()]}LIMIT {int(limit)}", params
+
+
+_LAST_LIMIT = re.compile(r"LIMIT (\d+)\s*$")
 
 
 async def matching_rows(engine: AsyncEngine, first_page: PageQuery, cap: int) -> int:
