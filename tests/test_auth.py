@@ -23,7 +23,7 @@ from fund.main import UNREADABLE_BODY_ERROR
 from fund.models import Role
 from fund.users.service import CACHE_KIND
 from tests.conftest import PASSWORD, Account, make_account
-from tests.helpers import audit_rows, count_rows
+from tests.helpers import audit_rows, count_rows, until
 
 TOKEN_URL = "/api/v1/auth/token"
 
@@ -648,19 +648,14 @@ async def test_a_password_change_that_waited_out_a_reset_is_refused(
 
 
 async def _until_waiting_for_a_lock(resources: Resources) -> None:
-    for _ in range(500):
-        async with resources.engine.connect() as conn:
-            waiting = await conn.scalar(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE wait_event_type = 'Lock' AND query LIKE '%FOR NO KEY UPDATE%'"
-                    " AND datname = current_database()"
-                )
-            )
-        if waiting:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("the change never waited for the row")
+    await until(
+        resources,
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE wait_event_type = 'Lock' AND query LIKE '%FOR NO KEY UPDATE%'"
+        " AND datname = current_database()",
+        bool,
+        what="the change waiting for the row",
+    )
 
 
 async def test_an_analyst_lists_users_without_their_audit_entries(

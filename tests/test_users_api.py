@@ -16,7 +16,7 @@ from fund.errors import LastAdmin
 from fund.models import Role
 from fund.users.repository import ADMIN_REMOVAL_LOCK, UserRepository
 from tests.conftest import PASSWORD, Account, make_account
-from tests.helpers import audit_rows, count_rows
+from tests.helpers import audit_rows, count_rows, until
 
 USERS = "/api/v1/users"
 FORBIDDEN_KEYS = {"password", "hashed_password"}
@@ -477,20 +477,15 @@ async def test_two_admins_taking_each_other_away_at_once_leave_one(
 
 async def _until_waiting_for_admin_removals(resources: Resources, count: int) -> None:
     """Until ``count`` sessions of this test's database wait for ``ADMIN_REMOVAL_LOCK``."""
-    for _ in range(500):
-        async with resources.engine.connect() as conn:
-            waiting = await conn.scalar(
-                text(
-                    "SELECT count(*) FROM pg_locks JOIN pg_database ON pg_database.oid = database"
-                    " WHERE datname = current_database() AND locktype = 'advisory'"
-                    " AND NOT granted AND (classid::bigint << 32) | objid::bigint = :key"
-                ),
-                {"key": ADMIN_REMOVAL_LOCK},
-            )
-        if waiting == count:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{count} changes never waited for the lock that orders them")
+    await until(
+        resources,
+        "SELECT count(*) FROM pg_locks JOIN pg_database ON pg_database.oid = database"
+        " WHERE datname = current_database() AND locktype = 'advisory'"
+        " AND NOT granted AND (classid::bigint << 32) | objid::bigint = :key",
+        lambda waiting: waiting == count,
+        what=f"{count} changes waiting for the lock that orders them",
+        key=ADMIN_REMOVAL_LOCK,
+    )
 
 
 async def test_changes_that_take_no_admin_away_never_wait_for_the_other_admins(

@@ -39,6 +39,7 @@ from fund.kit.pagination import Direction, Position
 from fund.main import create_app
 from fund.models import AuditLog, Role
 from tests.conftest import SECRET, clone_database, drop_database, make_account
+from tests.helpers import prepared_plans
 from tests.services import PostgresServer
 
 pytestmark = pytest.mark.slow
@@ -288,16 +289,7 @@ async def test_only_pages_without_equality_filters_reuse_one_plan(
                             filters, limit=20, position=position, encode=str
                         )
         async with engine.connect() as conn:  # the one pooled connection that ran them all
-            plans = {
-                row.statement: (row.generic_plans, row.custom_plans)
-                for row in await conn.execute(
-                    text(
-                        "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
-                    )
-                )
-                if "audit_logs.request_id" in row.statement  # the pages' statements
-                and "pg_prepared_statements" not in row.statement
-            }
+            plans = await prepared_plans(conn, "audit_logs.request_id")  # the pages' statements
     finally:
         await engine.dispose()
     assert len(plans) == 4, plans  # two shapes, page one and from a cursor

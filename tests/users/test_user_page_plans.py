@@ -26,6 +26,7 @@ from fund.models import Role
 from fund.users.repository import UserRepository
 from fund.users.schemas import UserFilters
 from tests.conftest import clone_database, drop_database
+from tests.helpers import prepared_plans
 from tests.services import PostgresServer
 
 pytestmark = pytest.mark.slow
@@ -208,15 +209,7 @@ async def test_pages_are_planned_once_per_connection_not_per_page(loaded: Loaded
                         )
                     assert len(page.items) == LIMIT
         async with engine.connect() as conn:  # the one pooled connection that ran them all
-            plans = {
-                row.statement: (row.generic_plans, row.custom_plans)
-                for row in await conn.execute(
-                    text(
-                        "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
-                    )
-                )
-                if "ORDER BY users.created_at DESC" in row.statement  # the pages' statements
-            }
+            plans = await prepared_plans(conn, "ORDER BY users.created_at DESC")
     finally:
         await engine.dispose()
     assert len(plans) == 4, plans  # two shapes, page one and from a cursor
