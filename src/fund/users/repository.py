@@ -20,7 +20,6 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.orm import defer
 
 from fund.db import DriverQuery, Repository, driver_estimate, driver_fetch
 from fund.kit.pagination import (
@@ -35,8 +34,6 @@ from fund.users.schemas import UserFilters, UserRead
 T = TypeVar("T")
 
 KEYSET = Keyset(User.created_at, User.id)
-# Reads that show users never fetch the password hash; touching it is an error, not a query.
-WITHOUT_HASH = defer(User.hashed_password, raiseload=True)
 
 
 def _like_pattern(text: str) -> str:
