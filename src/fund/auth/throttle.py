@@ -34,23 +34,26 @@ class LoginThrottle:
         numbered one by one, and only the first ``max_failures`` of a window get a password
         check. A success clears the count (``succeeded``), so only failures add up.
 
-        While Redis answers, its count is the account's, whichever worker saw each attempt:
-        a success on one worker clears what failures on another had counted. This process
-        keeps a copy of the count Redis gave it, to go on counting from there when Redis
-        does not answer, so an outage neither resets the count nor lifts the limit.
+        While Redis answers, its count decides, whichever worker saw each attempt: a success
+        on one worker clears what failures on another had counted. This process counts
+        every attempt it sees too, synchronously (so a burst is numbered in order even if
+        Redis stops answering in the middle of it), and raises its count to Redis's when
+        Redis's is higher; that count decides only when Redis does not answer, so an outage
+        neither resets the count nor lifts the limit.
         """
         account = _account(email)
+        count, until = self._local_state(account)
+        if count == 0:
+            until = time.monotonic() + self.window
+        count += 1
+        self._remember(account, count, until)
         try:
             shared, seconds_left = await self.cache.incr_window(KIND, account, self.window)
         except CircuitOpen:
-            count, until = self._local_state(account)
-            if count == 0:
-                until = time.monotonic() + self.window
-            self._remember(account, count + 1, until)
-            if count + 1 > self.max_failures:
-                return max(1, int(until - time.monotonic()))
-            return 0
-        self._remember(account, shared, time.monotonic() + seconds_left)
+            return max(1, int(until - time.monotonic())) if count > self.max_failures else 0
+        seen, seen_until = self._local_state(account)
+        if shared > seen:
+            self._remember(account, shared, seen_until or time.monotonic() + seconds_left)
         return max(1, seconds_left) if shared > self.max_failures else 0
 
     async def succeeded(self, email: str) -> None:
