@@ -14,7 +14,7 @@ from fund.audit.service import Actor, AuditService
 from fund.auth.service import AuthService
 from fund.auth.throttle import LoginThrottle
 from fund.config import Settings
-from fund.db import UnitOfWork, unit_of_work
+from fund.db import UnitOfWork, asyncpg_dsn, unit_of_work
 from fund.kit.cache import Cache
 from fund.kit.pagination import CursorCodec
 from fund.kit.request_context import client_ip, request_id
@@ -36,6 +36,14 @@ class Resources:
     throttle: LoginThrottle
     export_slots: Slots
     """Audit exports streaming at once in this process (``Settings.export_slots``)."""
+
+    @property
+    def database_dsn(self) -> str:
+        """The database as asyncpg takes it, for a connection of its own (``/readyz``)."""
+        url = self.settings.database_url
+        if url is None:
+            raise RuntimeError("FUND_DATABASE_URL is not set")
+        return asyncpg_dsn(url)
 
 
 def resources_of(request: Request) -> Resources:

@@ -23,7 +23,8 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", responses={503: {"description": "PostgreSQL does not answer (same body)"}})
 async def readyz(resources: ResourcesDep) -> JSONResponse:
     """503 when PostgreSQL does not answer; ``degraded`` when only Redis does not."""
-    database = "ok" if await database_answers(resources.engine, READY_TIMEOUT) else "down"
+    answers = await database_answers(resources.database_dsn, READY_TIMEOUT)
+    database = "ok" if answers else "down"
     cache = "ok" if await resources.cache.ping() else "down"
     ok = database == "ok" and cache == "ok"
     return JSONResponse(
