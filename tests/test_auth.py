@@ -251,6 +251,26 @@ async def test_login_form_missing_fields_is_422(
     assert (await client.post(TOKEN_URL, data=form)).status_code == 422
 
 
+async def test_a_login_form_field_given_twice_is_422_and_records_nothing(
+    client: httpx.AsyncClient, viewer: Account, admin: Account, resources: Resources
+) -> None:
+    """Which account was that sign-in for? The form model would take the last value."""
+    form = (
+        f"username={viewer.user.email}&username={admin.user.email}&password={PASSWORD}"
+    ).replace("@", "%40")
+    response = await client.post(
+        TOKEN_URL,
+        content=form.encode(),
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+
+    assert response.status_code == 422
+    assert response.json()["detail"] == [
+        {"type": "repeated", "loc": ["body", "username"], "msg": "Give this field once"}
+    ]
+    assert await audit_rows(resources, action="LOGIN") == []
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 

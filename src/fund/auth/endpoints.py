@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import OAuth2PasswordRequestForm
 
@@ -17,6 +18,7 @@ from fund.errors import (
     documented,
     error_response,
 )
+from fund.kit.params import repeated_fields
 
 router = APIRouter(route_class=UnitOfWorkRoute, prefix="/auth", tags=["auth"])
 
@@ -27,10 +29,16 @@ router = APIRouter(route_class=UnitOfWorkRoute, prefix="/auth", tags=["auth"])
     responses=documented(InvalidCredentials, TooManyAttempts, Unavailable),
 )
 async def issue_token(
+    request: Request,
     form: Annotated[OAuth2PasswordRequestForm, Depends()],
     actor: AnonymousActorDep,
     auth: AuthServiceDep,
 ) -> TokenOut | JSONResponse:
+    # A field given twice is refused, as a list's repeated parameter is: the form model would
+    # take the last, and "which email was that sign-in for?" must have one answer.
+    repeated = repeated_fields((await request.form()).multi_items(), where="body")
+    if repeated:
+        raise RequestValidationError(repeated)
     outcome = await auth.login(actor, form.username, form.password)
     if outcome.refusal is not None:
         # Returned, not raised: the LOGIN_FAILED entry must commit with this request.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Sequence
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Path, Request
@@ -96,7 +97,7 @@ class QueryModel(Generic[M]):
         given = request.query_params.multi_items()
         values = dict(given)
         if len(values) != len(given):
-            raise RequestValidationError(_repeated(given))
+            raise RequestValidationError(repeated_fields(given))
         try:
             return self.model.model_validate(values)
         except ValidationError as exc:
@@ -105,9 +106,13 @@ class QueryModel(Generic[M]):
             ) from None
 
 
-def _repeated(items: list[tuple[str, str]]) -> list[dict[str, Any]]:
+def repeated_fields(
+    items: Sequence[tuple[str, Any]], *, where: str = "query"
+) -> list[dict[str, Any]]:
+    """A validation error for each name given more than once (none when each is once)."""
+    message = "Give this parameter once" if where == "query" else "Give this field once"
     return [
-        {"type": "repeated", "loc": ("query", name), "msg": "Give this parameter once"}
+        {"type": "repeated", "loc": (where, name), "msg": message}
         for name, count in Counter(name for name, _ in items).items()
         if count > 1
     ]
