@@ -12,6 +12,8 @@ from fund.config import Settings
 from fund.deps import Resources
 from fund.kit.cache import FAILURES_TO_OPEN, TOMBSTONE
 from fund.models import Role
+from fund.stats.service import CACHE_ID as STATS_CACHE_ID
+from fund.stats.service import CACHE_KIND as STATS_CACHE_KIND
 from tests.cache.conftest import PrivateRedis, client_for, free_port, running_app
 from tests.cache.helpers import user_entry
 from tests.conftest import Account, make_account
@@ -218,3 +220,41 @@ async def test_a_password_reset_where_redis_was_unreachable_ends_the_sessions_ev
     assert await user_entry(raw_redis, viewer.id) == stale
     refused = await client.get("/api/v1/users/me", headers=viewer.headers)
     assert refused.status_code == 401
+
+
+async def test_statistics_rebuilt_in_an_outage_do_not_go_back_in_time_when_redis_returns(
+    cache_settings: Settings, private_redis: PrivateRedis, raw_redis: Redis
+) -> None:
+    """Redis keeps its copy from before the outage (frozen, not restarted); a worker that
+    had none rebuilt newer figures meanwhile. Once Redis answers again, that worker serves
+    its newer ones, and gives them to Redis, rather than the dashboard going back in time."""
+    settings = cache_settings.model_copy(
+        update={"redis_socket_timeout": Settings.model_fields["redis_socket_timeout"].default}
+    )
+    async with running_app(settings) as first, client_for(first) as client:
+        admin = await make_account(first.state.resources, Role.ADMIN)
+        before = await client.get(STATS, headers=admin.headers)  # built, and published
+    assert await raw_redis.get(STATS_KEY) == before.content
+
+    async with running_app(settings) as application, client_for(application) as client:
+        resources: Resources = application.state.resources
+        await make_account(resources, Role.VIEWER)  # statistics only expire: Redis's copy stays
+        private_redis.pause()
+        try:
+            during = await client.get(STATS, headers=admin.headers)  # rebuilt by this worker
+        finally:
+            private_redis.resume()
+        assert resources.cache.breaker_open
+        assert during.json()["users"]["total"] == before.json()["users"]["total"] + 1
+        assert await raw_redis.get(STATS_KEY) == before.content  # Redis still holds the old one
+
+        await asyncio.sleep(COOLDOWN * 1.5)  # past the cooldown: the next read probes Redis
+        after = await client.get(STATS, headers=admin.headers)
+
+        assert after.json() == during.json()
+        assert not resources.cache.breaker_open
+        assert await raw_redis.get(STATS_KEY) == during.content
+
+
+STATS = "/api/v1/stats"
+STATS_KEY = f"fund:v2:{STATS_CACHE_KIND}:{STATS_CACHE_ID}"

@@ -116,6 +116,8 @@ class CircuitOpen(Exception):
 class Lookup:
     value: bytes | None
     hit: bool
+    published: bool = True
+    """Whether Redis holds the value (False: rebuilt while Redis did not take it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +213,8 @@ class Cache:
         self._flush_lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(MAX_REDIS_CALLS)
         self._flights: dict[str, asyncio.Future[bytes]] = {}
-        self._kept: dict[str, tuple[bytes, float]] = {}  # last rebuilds, for while Redis is down
+        # Last rebuilds, for while Redis is down: (value, expires, whether Redis has it).
+        self._kept: dict[str, tuple[bytes, float, bool]] = {}
         self._populate = redis.register_script(_POPULATE) if redis is not None else None
         self._release = redis.register_script(_RELEASE) if redis is not None else None
 
@@ -375,12 +378,14 @@ class Cache:
                 pass
         return value
 
-    async def replace(self, kind: str, ident: str | int, value: bytes, ttl: int) -> None:
-        """Write a freshly rebuilt value (single-flight rebuilds, not row reads)."""
+    async def replace(self, kind: str, ident: str | int, value: bytes, ttl: float) -> bool:
+        """Write a freshly rebuilt value (single-flight rebuilds, not row reads); whether
+        Redis took it."""
         try:
-            await self._call(lambda r: r.set(key(kind, ident), value, ex=ttl))
+            await self._call(lambda r: r.set(key(kind, ident), value, px=max(1, int(ttl * 1000))))
         except CircuitOpen:
-            pass
+            return False
+        return True
 
     async def invalidate(self, kind: str, ident: str | int) -> None:
         """Called after commit; returns only once no process can serve the old entry."""
@@ -408,11 +413,24 @@ class Cache:
 
         Single flight: one rebuild at a time per key, in this process and across processes.
         """
+        k = key(kind, ident)
+        kept = self._kept.get(k)
+        now = time.monotonic()
+        # Rebuilt while Redis did not answer, so newer than what Redis may still hold from
+        # before: published now, or a dashboard would see its figures go back in time when
+        # Redis returns (with the rest of the rebuild's TTL).
+        unpublished = kept is not None and not kept[2] and kept[1] > now
+        if (
+            kept
+            and unpublished
+            and self.available
+            and await self.replace(kind, ident, kept[0], kept[1] - now)
+        ):
+            self._kept[k] = (kept[0], kept[1], True)
+            return Lookup(kept[0], hit=True)
         cached = await self.get(kind, ident)
         if cached is not None:
             return Lookup(cached, hit=True)
-        k = key(kind, ident)
-        kept = self._kept.get(k)
         if (self.redis is None or self.breaker_open) and kept and kept[1] > time.monotonic():
             # Not invalidated by writes (it lives out its TTL anyway): this process's copy
             # stands in for Redis, so an outage does not mean one rebuild per request.
@@ -428,9 +446,10 @@ class Cache:
                 raise
             finally:
                 del self._flights[k]
-            assert lookup.value is not None
-            flight.set_result(lookup.value)
-            self._kept[k] = (lookup.value, time.monotonic() + ttl)
+            value, published = lookup.value, lookup.published
+            assert value is not None
+            flight.set_result(value)
+            self._kept[k] = (value, time.monotonic() + ttl, published)
             return lookup
         try:
             return Lookup(await asyncio.shield(flight), hit=False)
@@ -449,8 +468,8 @@ class Cache:
                 if cached is not None:
                     return Lookup(cached, hit=True)
                 value = await build()
-                await self.replace(kind, ident, value, ttl)
-                return Lookup(value, hit=False)
+                published = await self.replace(kind, ident, value, ttl)
+                return Lookup(value, hit=False, published=published)
             finally:
                 await self._unlock(kind, ident, token)
         # Another process is rebuilding: wait for its result a little, then build anyway.
@@ -459,6 +478,7 @@ class Cache:
             cached = await self._read(kind, ident)
             if cached is not None:
                 return Lookup(cached, hit=True)
+        # Redis answers (it refused the lock): the other process's build is published by it.
         return Lookup(await build(), hit=False)
 
     async def _lock(self, kind: str, ident: str | int, token: bytes) -> bool:
