@@ -419,10 +419,10 @@ class Cache:
         # Rebuilt while Redis did not answer, so newer than what Redis may still hold from
         # before: published now, or a dashboard would see its figures go back in time when
         # Redis returns (with the rest of the rebuild's TTL).
-        unpublished = kept is not None and not kept[2] and kept[1] > now
         if (
-            kept
-            and unpublished
+            kept is not None
+            and not kept[2]  # unpublished
+            and kept[1] > now
             and self.available
             and await self.replace(kind, ident, kept[0], kept[1] - now)
         ):
