@@ -105,8 +105,11 @@ async def test_an_export_waits_for_a_turn_that_comes_in_time(
     await asyncio.wait_for(stalled.reading.wait(), timeout=30)
 
     waiting = asyncio.create_task(client.get(EXPORT, headers=admin.headers))
-    await asyncio.sleep(0.3)
-    assert not waiting.done()  # its turn has not come
+    while resources.export_slots.waiting == 0:  # until it waits for its turn
+        assert not waiting.done(), waiting.result().text  # never served before its turn
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)  # a turn that is not there stays not there
+    assert not waiting.done() and resources.export_slots.waiting == 1
     await stalled.finish()
     served = await asyncio.wait_for(waiting, timeout=60)
 

@@ -18,14 +18,19 @@ class Slots:
         self.wait = wait
         self._free = asyncio.Semaphore(size)
         self.held = 0
+        self.waiting = 0
+        """Callers waiting for a turn now."""
 
     async def take(self) -> None:
         """One slot, for the caller to ``give_back``; ``NoSlot`` after ``wait`` seconds."""
+        self.waiting += 1
         try:
             async with asyncio.timeout(self.wait):
                 await self._free.acquire()
         except TimeoutError:
             raise NoSlot from None
+        finally:
+            self.waiting -= 1
         self.held += 1
 
     def give_back(self) -> None:
