@@ -11,9 +11,9 @@ from contextlib import asynccontextmanager
 from pydantic import ValidationError
 
 from fund.audit.service import Actor
-from fund.config import Settings
+from fund.config import Settings, validation_message
 from fund.db import UnitOfWork, create_engine, create_sessionmaker
-from fund.errors import EmailTaken, FundError, validation_message
+from fund.errors import EmailTaken, FundError
 from fund.kit.cache import Cache
 from fund.kit.pagination import CursorCodec
 from fund.users.schemas import MAX_FULL_NAME, UserCreate

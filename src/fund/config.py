@@ -235,6 +235,12 @@ def unknown_variables(environ: Iterable[str] = os.environ) -> list[str]:
     )
 
 
+def validation_message(message: str) -> str:
+    """A validation error's message as a reader should see it: pydantic prefixes the ones
+    our validators raise with ``Value error, ``, which says nothing to them."""
+    return message.removeprefix("Value error, ")
+
+
 def settings_problem(exc: ValidationError | UnsafeSettingsError | UnicodeDecodeError) -> str:
     """What is wrong with the settings, one line per variable, naming it as the operator
     set it; never the value (it may be a password or a key)."""
@@ -245,6 +251,6 @@ def settings_problem(exc: ValidationError | UnsafeSettingsError | UnicodeDecodeE
     lines = []
     for error in exc.errors(include_url=False, include_input=False):
         name = ENV_PREFIX + "_".join(str(part) for part in error["loc"]).upper()
-        message = error["msg"].removeprefix("Value error, ")
+        message = validation_message(error["msg"])
         lines.append(f"{name}: {message}")
     return "\n".join(lines)

@@ -95,12 +95,6 @@ class ErrorOut(BaseModel):
     detail: str
 
 
-def validation_message(message: str) -> str:
-    """A validation error's message as a reader should see it: pydantic prefixes the ones
-    our validators raise with ``Value error, ``, which says nothing to them."""
-    return message.removeprefix("Value error, ")
-
-
 def documented(*errors: type[FundError]) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for the domain errors a route may answer with."""
     responses: dict[int | str, dict[str, Any]] = {}

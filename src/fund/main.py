@@ -21,10 +21,10 @@ from fund import __version__
 from fund.audit.endpoints import router as audit_router
 from fund.auth.endpoints import router as auth_router
 from fund.auth.throttle import LoginThrottle
-from fund.config import Settings, get_settings
+from fund.config import Settings, get_settings, validation_message
 from fund.db import asyncpg_dsn, create_engine, create_sessionmaker
 from fund.deps import Resources
-from fund.errors import BadCursor, FundError, Unavailable, error_response, validation_message
+from fund.errors import BadCursor, FundError, Unavailable, error_response
 from fund.kit import heap, metrics
 from fund.kit.cache import Cache, InvalidationLog, create_redis
 from fund.kit.logging import configure_logging

@@ -325,6 +325,7 @@ class UserService:
         while it waited for the lock. Rows are now locked ``FOR NO KEY UPDATE``, which KEY
         SHARE passes (``UserRepository.get_for_update``), but an email change in the same
         request takes the stronger lock, so the order stays.
+
         Only a user made an active ADMIN between that read and the row lock gets the lock
         here, after the row; should that rare order close a cycle, PostgreSQL breaks it and
         the change is a 409 "retry", never a pass.
