@@ -116,6 +116,31 @@ async def test_create_defaults_to_an_active_viewer(
     assert (body["role"], body["is_active"]) == ("VIEWER", True)
 
 
+async def test_names_and_addresses_in_any_script_are_kept_in_one_form(
+    client: httpx.AsyncClient, admin: Account
+) -> None:
+    made = await client.post(
+        USERS,
+        json=new_user(email="Jose\u0301@Exemple.fr", full_name="Jose\u0301 Nin\u0303o"),
+        headers=admin.headers,
+    )
+    cyrillic = await client.post(
+        USERS,
+        json=new_user(email="\u043e\u043b\u044f@\u043f\u0440\u0438\u043c\u0435\u0440.\u0440\u0444"),
+        headers=admin.headers,
+    )
+
+    assert made.status_code == cyrillic.status_code == 201, (made.text, cyrillic.text)
+    assert (made.json()["email"], made.json()["full_name"]) == ("josé@exemple.fr", "José Niño")
+    assert cyrillic.json()["email"] == "оля@пример.рф"
+    # The address signs in however its letters are typed.
+    for typed in ("JOSÉ@exemple.fr", "jose\u0301@exemple.fr"):
+        token = await client.post(
+            "/api/v1/auth/token", data={"username": typed, "password": new_user()["password"]}
+        )
+        assert token.status_code == 200, (typed, token.text)
+
+
 @pytest.mark.parametrize(
     ("full_name", "term"),
     [
@@ -124,6 +149,10 @@ async def test_create_defaults_to_an_active_viewer(
         ("ΝΙΚΟΣ Παπαδόπουλος", "ΝΙΚΟΣ"),
         ("Ayşe İSTANBULLU", "İSTANBUL"),
         ("Zoë O'Brien", "zoë o'b"),
+        # One ë, typed as e and a combining diaeresis on one side and as one letter on the
+        # other: names and terms are both kept in NFC.
+        ("Zoe\u0308 Decomposed", "zoë d"),
+        ("Zoë Composed", "zoe\u0308 c"),
     ],
 )
 async def test_a_search_term_typed_as_the_name_is_stored_finds_it(
@@ -172,6 +201,17 @@ BAD_CREATES: dict[str, Any] = {
     "full-name-with-an-escape": new_user(full_name="Bad \x1b[31mred"),
     "full-name-with-a-newline": new_user(full_name="Two\nlines"),
     "full-name-with-a-c1-control": new_user(full_name="Odd\x85name"),
+    "full-name-with-a-direction-override": new_user(full_name="Ann \u202eeznerol"),
+    "full-name-with-a-line-separator": new_user(full_name="Two\u2028lines"),
+    "full-name-only-a-zero-width-space": new_user(full_name="\u200b"),
+    "full-name-with-a-private-use-character": new_user(full_name="Ann \ue000"),
+    "full-name-without-a-letter": new_user(full_name="-- 42 --"),
+    "email-too-long-before-the-at": new_user(email="a" * 65 + "@example.com"),
+    "email-too-long": new_user(email="a" * 64 + "@" + "b" * 63 + "." + "c" * 63 + "." + "d" * 63),
+    "email-with-a-display-name": new_user(email="Someone <someone@example.com>"),
+    "email-mixing-cyrillic-into-latin": new_user(email="\u0430dmin@example.com"),
+    "email-domain-mixing-cyrillic-into-latin": new_user(email="admin@ex\u0430mple.com"),
+    "email-with-fullwidth-letters": new_user(email="\uff41dmin@example.com"),
     "is-active-not-bool": new_user(is_active="maybe"),
     # JSON has booleans: a number or a string for one is a client's bug, not a value.
     "is-active-zero": new_user(is_active=0),

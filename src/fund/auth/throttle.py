@@ -6,13 +6,14 @@ import hashlib
 import time
 
 from fund.kit.cache import Cache, CircuitOpen
+from fund.kit.text import nfc
 
 KIND = "login_failures"
 
 
 def _account(email: str) -> str:
     # Hashed: the key names no email, and any input makes a bounded key.
-    return hashlib.sha256(email.strip().lower().encode()).hexdigest()[:32]
+    return hashlib.sha256(nfc(email.strip()).lower().encode()).hexdigest()[:32]
 
 
 LOCAL_ACCOUNTS = 100_000

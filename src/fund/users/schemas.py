@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -11,16 +10,17 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
-    EmailStr,
     Field,
     StrictBool,
     StringConstraints,
     WithJsonSchema,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from fund.audit.schemas import AuditLogRead
 from fund.kit.params import NO_NUL, PageQuery, QueryModel
+from fund.kit.text import EmailRefused, code_point, email_address, has_letter, nfc, unprintable
 from fund.models import Role
 
 
@@ -37,7 +37,24 @@ class UserFilters:
 MIN_PASSWORD = 12
 MAX_PASSWORD = 256
 
-Email = Annotated[EmailStr, Field(max_length=320), AfterValidator(str.lower)]
+MAX_EMAIL = 254  # RFC 5321's path limit, less its angle brackets
+
+
+def _email(address: str) -> str:
+    try:
+        return email_address(address)
+    except EmailRefused as refused:
+        raise PydanticCustomError(
+            "value_error", "value is not a valid email address: {reason}", {"reason": str(refused)}
+        ) from None
+
+
+Email = Annotated[
+    str,
+    Field(max_length=MAX_EMAIL),
+    AfterValidator(_email),
+    WithJsonSchema({"type": "string", "format": "email", "maxLength": MAX_EMAIL}),
+]
 
 
 def _not_blank(password: str) -> str:
@@ -51,27 +68,31 @@ def _not_blank(password: str) -> str:
 Password = Annotated[
     str, Field(min_length=MIN_PASSWORD, max_length=MAX_PASSWORD), AfterValidator(_not_blank)
 ]
-# A name is printed in back-office screens, exports and terminals: no control characters
-# (C0, DEL, C1), which could break a CSV reader's lines or restyle a terminal (ESC).
-_CONTROL_CHARACTERS = r"\x00-\x1f\x7f-\x9f"
-NO_CONTROL = f"^[^{_CONTROL_CHARACTERS}]*$"
-_CONTROL = re.compile(f"[{_CONTROL_CHARACTERS}]")
 MAX_FULL_NAME = 200
 
 
-def _no_control_characters(name: str) -> str:
-    if _CONTROL.search(name):
-        raise ValueError("a name cannot hold control characters (tabs, line breaks, escapes)")
+def _printable_name(name: str) -> str:
+    """A name as it is kept: NFC, with a letter, nothing invisible or line-breaking in it
+    (``fund.kit.text.unprintable``): it is printed in screens, exports and terminals."""
+    name = nfc(name)
+    refused = unprintable(name)
+    if refused is not None:
+        raise PydanticCustomError(
+            "value_error",
+            "a name cannot hold control or invisible characters (tabs, line breaks, escapes,"
+            " direction overrides): {character}",
+            {"character": code_point(refused)},
+        )
+    if not has_letter(name):
+        raise PydanticCustomError("value_error", "a name needs at least one letter")
     return name
 
 
 FullName = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_FULL_NAME),
-    AfterValidator(_no_control_characters),
-    WithJsonSchema(
-        {"type": "string", "minLength": 1, "maxLength": MAX_FULL_NAME, "pattern": NO_CONTROL}
-    ),
+    AfterValidator(_printable_name),
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_FULL_NAME}),
 ]
 
 
@@ -80,7 +101,10 @@ class UserListQuery(PageQuery):
 
     role: Role | None = None
     is_active: bool | None = None
-    q: str | None = Field(default=None, min_length=1, max_length=100, pattern=NO_NUL)
+    # In the form names are kept in (NFC), so an accent typed as two code points finds them.
+    q: Annotated[str, AfterValidator(nfc)] | None = Field(
+        default=None, min_length=1, max_length=100, pattern=NO_NUL
+    )
     include: Literal["audit_logs"] | None = None
 
 
