@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from fund.audit.repository import EXPORT_COLUMNS
+from fund.audit.repository import EXPORT_COLUMNS, FORMULA_STARTS
 from tests.audit.conftest import BASE, ODD_TEXT, walk
 from tests.conftest import Account
 
@@ -17,12 +17,17 @@ FIELDS = list(EXPORT_COLUMNS)
 DETAILS = FIELDS.index("details")
 
 
-def as_csv_cell(value: Any) -> str:
+FREE_TEXT = {"resource_id", "user_agent", "request_id"}
+
+
+def as_csv_cell(name: str, value: Any) -> str:
     """How a JSON value of an entry reads in a CSV cell."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if name in FREE_TEXT and str(value).startswith(FORMULA_STARTS):
+        return f"'{value}"
     return str(value)
 
 
@@ -78,7 +83,7 @@ async def test_csv_export_equals_walking_the_pages(
         for row, item in zip(rows, pages, strict=True):
             # details: the object as JSON text (PostgreSQL's own spacing, as in JSON Lines)
             assert json.loads(row[DETAILS]) == item["details"]
-            expected = [as_csv_cell(item[name]) for name in FIELDS]
+            expected = [as_csv_cell(name, item[name]) for name in FIELDS]
             assert (
                 row[:DETAILS] + row[DETAILS + 1 :] == expected[:DETAILS] + expected[DETAILS + 1 :]
             )
@@ -101,3 +106,30 @@ async def test_exported_times_and_values_render_exactly_as_the_api_does(
     # Both renderings met every case: whole seconds, and text to escape or quote.
     assert any(item["timestamp"].endswith(":00Z") for item in pages)
     assert ODD_TEXT in {item["user_agent"] for item in pages}
+
+
+async def test_a_csv_cell_a_spreadsheet_would_run_is_guarded_and_jsonl_keeps_it(
+    client: httpx.AsyncClient, admin: Account
+) -> None:
+    # Anyone can write these: a failed sign-in records the client's own headers.
+    formula = "=cmd|' /C calc'!A0"
+    failed = await client.post(
+        "/api/v1/auth/token",
+        data={"username": "nobody@example.com", "password": "not the password"},
+        headers={"User-Agent": formula, "X-Request-ID": "-2-3"},
+    )
+    assert failed.status_code == 401
+    query = {"action": "LOGIN_FAILED"}  # the newest first: this one
+
+    csv_export = await client.get(
+        "/api/v1/audit-logs/export", params={**query, "format": "csv"}, headers=admin.headers
+    )
+    jsonl_export = await client.get(
+        "/api/v1/audit-logs/export", params={**query, "format": "jsonl"}, headers=admin.headers
+    )
+
+    header, *rows = list(csv.reader(io.StringIO(csv_export.text, newline="")))
+    cells = dict(zip(header, rows[0], strict=True))
+    assert (cells["user_agent"], cells["request_id"]) == ("'" + formula, "'-2-3")
+    kept = json.loads(jsonl_export.text.splitlines()[0])
+    assert (kept["user_agent"], kept["request_id"]) == (formula, "-2-3")

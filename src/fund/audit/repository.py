@@ -141,10 +141,20 @@ def _rfc3339() -> ColumnElement[str]:
     )
 
 
-def _csv_cell(value: ColumnElement[Any]) -> ColumnElement[str]:
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+"""First characters that make a spreadsheet read a CSV cell as a formula (OWASP's list), and
+the quote that marks a guarded cell: a free-text cell starting with one gets a ``'`` put in
+front. Dropping a leading ``'`` gives the value back."""
+
+
+def _csv_cell(value: ColumnElement[Any], *, free_text: bool) -> ColumnElement[str]:
     """A text value as Python's ``csv`` module writes a cell: quoted, quotes doubled, when it
-    holds a comma, a quote or a line break; null as nothing."""
+    holds a comma, a quote or a line break; null as nothing. A ``free_text`` cell (what a
+    client could have typed) is guarded first (``FORMULA_STARTS``)."""
     value = func.coalesce(value, _sql_string(""))
+    if free_text:
+        starts = [_sql_string(start) for start in FORMULA_STARTS]
+        value = case((func.left(value, 1).in_(starts), _sql_string("'") + value), else_=value)
     quoted = _sql_string('"') + func.replace(value, _sql_string('"'), _sql_string('""'))
     quoted = quoted + _sql_string('"')
     return case((value.op("~")(_sql_string('[",\\r\\n]')), quoted), else_=value)
@@ -182,7 +192,7 @@ def _export_query(
             *(
                 func.coalesce(cast(value, Text), _sql_string(""))
                 if name in _PLAIN_CELLS
-                else _csv_cell(cast(value, Text))
+                else _csv_cell(cast(value, Text), free_text=name in _FREE_TEXT_CELLS)
                 for name, value in fields.items()
             ),
         )
@@ -196,6 +206,8 @@ def _export_query(
 
 _PLAIN_CELLS = frozenset({"id", "timestamp", "user_id", "ip_address", "is_deleted"})
 """Cells that never hold a comma, a quote or a line break: numbers, times, addresses."""
+_FREE_TEXT_CELLS = frozenset({"resource_id", "user_agent", "request_id"})
+"""Cells whose text came from a client (``details`` is a JSON object, always ``{``…)."""
 
 
 @functools.cache
