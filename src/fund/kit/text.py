@@ -32,6 +32,12 @@ def unprintable(text: str) -> str | None:
     return None
 
 
+def visible(text: str) -> bool:
+    """Whether ``text`` has a character that shows: not a space, a control or a format
+    character (a zero-width space, a joiner, a direction mark)."""
+    return any(unicodedata.category(char)[0] not in "ZC" for char in text)
+
+
 def has_letter(text: str) -> bool:
     return any(unicodedata.category(char).startswith("L") for char in text)
 

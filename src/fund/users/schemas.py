@@ -20,7 +20,15 @@ from pydantic_core import PydanticCustomError
 
 from fund.audit.schemas import AuditLogRead
 from fund.kit.params import NO_NUL, PageQuery, QueryModel
-from fund.kit.text import EmailRefused, code_point, email_address, has_letter, nfc, unprintable
+from fund.kit.text import (
+    EmailRefused,
+    code_point,
+    email_address,
+    has_letter,
+    nfc,
+    unprintable,
+    visible,
+)
 from fund.models import Role
 
 
@@ -59,9 +67,13 @@ Email = Annotated[
 
 def _not_blank(password: str) -> str:
     """Spaces count towards the length (a passphrase has them), but twelve of them and
-    nothing else is no password: a client that sends that has lost the real one."""
-    if password.isspace():
-        raise ValueError("a password cannot be only spaces")
+    nothing else is no password: a client that sends that, or only invisible characters
+    (zero-width spaces, NULs), has lost the real one. NUL is refused anywhere: many a
+    client and library ends a string there, so the password set would not be the one typed."""
+    if "\x00" in password:
+        raise ValueError("a password cannot hold a NUL character")
+    if not visible(password):
+        raise ValueError("a password needs a visible character, not only spaces")
     return password
 
 
