@@ -60,3 +60,14 @@ async def test_head_is_get_without_the_body(
     refused = await client.head(f"/api/v1/users/{admin.id}")
     assert (refused.status_code, refused.content) == (401, b"")
     assert refused.headers["www-authenticate"] == "Bearer"
+
+
+async def test_a_trailing_slash_is_not_found_never_redirected(
+    client: httpx.AsyncClient, admin: Account
+) -> None:
+    # A redirect would be built from the Host header, which the client chooses.
+    for path in ("/api/v1/users/", "/api/v1/users/me/", "/healthz/"):
+        response = await client.get(path, headers={**admin.headers, "Host": "evil.example"})
+        assert response.status_code == 404, path
+        assert "location" not in response.headers
+        assert response.json() == {"detail": "Not Found"}

@@ -109,6 +109,9 @@ def create_app(settings: Settings | None = None, *, settle_heap: bool = False) -
         docs_url="/docs" if settings.docs_on else None,
         redoc_url="/redoc" if settings.docs_on else None,
         openapi_url="/openapi.json" if settings.docs_on else None,
+        # A path with a trailing slash is not a route: a 404, not a redirect to a URL
+        # built from the request's Host header (which a client chooses).
+        redirect_slashes=False,
     )
     app.add_middleware(
         RequestContextMiddleware,
