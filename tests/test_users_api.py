@@ -80,6 +80,52 @@ async def test_role_matrix(
     assert (await client.request(method, url, json=body)).status_code == 401
 
 
+LISTS = ("/api/v1/users", "/api/v1/audit-logs", "/api/v1/audit-logs/export")
+NO_QUERY = [row for row in MATRIX if (row[0], row[1]) not in {("GET", path) for path in LISTS}]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "expected"), NO_QUERY, ids=[f"{m} {p}" for m, p, _, _ in NO_QUERY]
+)
+async def test_a_query_parameter_a_route_does_not_take_is_refused_and_nothing_happens(
+    client: httpx.AsyncClient,
+    resources: Resources,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    expected: tuple[int, int, int],
+) -> None:
+    await make_account(resources, Role.ADMIN)
+    caller = await make_account(resources, Role.ADMIN)
+    other = await make_account(resources, Role.VIEWER)
+    [entry] = await audit_rows(resources, resource_id=str(other.id))
+    url = path.format(other=other.id, self=caller.id, entry=entry["id"]) + "?dry_run=true"
+    users_before = (await client.get(f"{USERS}/{other.id}", headers=caller.headers)).json()
+    entries_before = await count_rows(resources, "audit_logs")
+
+    response = await client.request(method, url, json=body, headers=caller.headers)
+
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["query", "dry_run"]
+    assert (await client.get(f"{USERS}/{other.id}", headers=caller.headers)).json() == users_before
+    assert await count_rows(resources, "audit_logs") == entries_before
+    assert len(await audit_rows(resources, resource_id=str(entry["resource_id"]))) == 1
+    # The caller is checked first, as on the lists.
+    assert (await client.request(method, url, json=body)).status_code == 401
+
+
+async def test_sign_in_with_a_query_parameter_is_refused_and_not_recorded(
+    client: httpx.AsyncClient, admin: Account, resources: Resources
+) -> None:
+    entries_before = await count_rows(resources, "audit_logs")
+    response = await client.post(
+        "/api/v1/auth/token?remember=1",
+        data={"username": admin.user.email, "password": PASSWORD},
+    )
+    assert response.status_code == 422
+    assert await count_rows(resources, "audit_logs") == entries_before
+
+
 # -- create --------------------------------------------------------------------------------------
 
 

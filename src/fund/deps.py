@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -17,6 +18,7 @@ from fund.config import Settings
 from fund.db import UnitOfWork, asyncpg_dsn, unit_of_work
 from fund.kit.cache import Cache
 from fund.kit.pagination import CursorCodec
+from fund.kit.params import no_query_parameters, takes_query
 from fund.kit.request_context import client_ip, request_id
 from fund.kit.slots import Slots
 from fund.stats.service import StatsService
@@ -80,6 +82,21 @@ class UnitOfWorkRoute(APIRoute):
                 return await handler(request)
 
         return in_unit_of_work
+
+    @functools.cached_property
+    def takes_query(self) -> bool:
+        return takes_query(self.dependant)
+
+
+def refuse_query_not_taken(request: Request) -> None:
+    """Refuses (422) the query parameters of a request whose route takes none, as a list
+    refuses one it does not know: ignored, ``DELETE /users/5?dry_run=true`` would delete.
+    The caller checks call it once the caller may use the route (``fund.auth``), so a
+    request without a token is a 401 first, as on the lists."""
+    route = request.scope["route"]
+    taken = not isinstance(route, UnitOfWorkRoute) or route.takes_query
+    if request.scope["query_string"] and not taken:
+        no_query_parameters(request)
 
 
 _WORK = "fund.work"

@@ -15,7 +15,7 @@ from fastapi.security import OAuth2PasswordBearer
 
 from fund.audit.service import Actor
 from fund.auth.service import authenticate
-from fund.deps import AnonymousActorDep, resources_of, user_service_of
+from fund.deps import AnonymousActorDep, refuse_query_not_taken, resources_of, user_service_of
 from fund.errors import Forbidden
 from fund.kit import request_context
 from fund.models import Role
@@ -50,6 +50,7 @@ class Caller(OAuth2PasswordBearer):
         request.state.session = caller.token  # the session a change is made in (actors)
         if self.roles and caller.user.role not in self.roles:
             raise Forbidden
+        refuse_query_not_taken(request)
         return caller.user
 
 

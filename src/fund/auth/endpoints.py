@@ -18,7 +18,7 @@ from fund.errors import (
     documented,
     error_response,
 )
-from fund.kit.params import repeated_fields
+from fund.kit.params import no_query_parameters, repeated_fields
 
 router = APIRouter(route_class=UnitOfWorkRoute, prefix="/auth", tags=["auth"])
 
@@ -27,6 +27,7 @@ router = APIRouter(route_class=UnitOfWorkRoute, prefix="/auth", tags=["auth"])
     "/token",
     response_model=TokenOut,
     responses=documented(InvalidCredentials, TooManyAttempts, Unavailable),
+    dependencies=[Depends(no_query_parameters)],
 )
 async def issue_token(
     request: Request,

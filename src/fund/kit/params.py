@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Path, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
@@ -104,6 +105,31 @@ class QueryModel(Generic[M]):
             raise RequestValidationError(
                 [{**e, "loc": ("query", *e["loc"])} for e in exc.errors(include_url=False)]
             ) from None
+
+
+def no_query_parameters(request: Request) -> None:
+    """A dependency for a route that takes no query parameters and checks no caller."""
+    names = dict.fromkeys(name for name, _ in request.query_params.multi_items())
+    if names:
+        raise RequestValidationError(
+            [
+                {"type": "extra_forbidden", "loc": ("query", name), "msg": _NOT_A_PARAMETER}
+                for name in names
+            ]
+        )
+
+
+_NOT_A_PARAMETER = "This route takes no query parameters"
+
+
+def takes_query(dependant: Dependant) -> bool:
+    """Whether a route reads query parameters, declared one by one or through a
+    ``QueryModel``, itself or in a dependency."""
+    return (
+        bool(dependant.query_params)
+        or isinstance(dependant.call, QueryModel)
+        or any(takes_query(dependency) for dependency in dependant.dependencies)
+    )
 
 
 def repeated_fields(
