@@ -114,9 +114,14 @@ class UserListQuery(PageQuery):
     role: Role | None = None
     is_active: bool | None = None
     # In the form names are kept in (NFC), so an accent typed as two code points finds them.
-    q: Annotated[str, AfterValidator(nfc)] | None = Field(
-        default=None, min_length=1, max_length=100, pattern=NO_NUL
-    )
+    q: (
+        Annotated[
+            str,
+            StringConstraints(min_length=1, max_length=100, pattern=NO_NUL),
+            AfterValidator(nfc),
+        ]
+        | None
+    ) = None
     include: Literal["audit_logs"] | None = None
 
 
