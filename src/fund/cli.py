@@ -214,6 +214,8 @@ def _settings_with_database(settings: Settings) -> Settings:
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
+    from fund.kit.http_protocol import JSONErrorsHttpToolsProtocol
+
     settings = _settings_with_database(settings)
     if (
         settings.redis_url is None
@@ -245,6 +247,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             access_log=False,
             proxy_headers=settings.trust_forwarded_for,
             timeout_graceful_shutdown=settings.shutdown_timeout,
+            http=JSONErrorsHttpToolsProtocol,
         )
     return 0
 

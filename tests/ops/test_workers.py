@@ -352,6 +352,35 @@ async def sigterm_drains_the_request_in_flight_and_exits_cleanly(
     assert "stopped" in events
 
 
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Note: a\x00b\r\n\r\n",
+        b"POST /api/v1/users HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        b"GET /healthz?x=" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"\xff\xfe not http at all\r\n\r\n",
+    ],
+    ids=["nul-in-a-header", "content-length-not-a-number", "request-line-too-long", "garbage"],
+)
+async def test_what_the_http_parser_cannot_read_is_answered_in_json(
+    served: Served, request_bytes: bytes
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    writer.write(request_bytes)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 10)  # then the server closes
+    writer.close()
+
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status, *lines = head.decode().split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines)
+    assert status == "HTTP/1.1 400 Bad Request"
+    assert headers["content-type"] == "application/json"
+    assert len(headers["x-request-id"]) == 32
+    assert json.loads(body) == {"detail": "Malformed HTTP request: it could not be parsed"}
+    assert headers["x-request-id"] in served.log.read_text()  # the operator can find it
+
+
 def test_metrics_directory_is_made_for_several_workers_and_removed_after(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
