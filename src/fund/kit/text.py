@@ -38,8 +38,8 @@ def visible(text: str) -> bool:
     return any(unicodedata.category(char)[0] not in "ZC" for char in text)
 
 
-def has_letter(text: str) -> bool:
-    return any(unicodedata.category(char).startswith("L") for char in text)
+def has_letter_or_digit(text: str) -> bool:
+    return any(unicodedata.category(char)[0] in "LN" for char in text)
 
 
 def nfc(text: str) -> str:

@@ -24,7 +24,7 @@ from fund.kit.text import (
     EmailRefused,
     code_point,
     email_address,
-    has_letter,
+    has_letter_or_digit,
     nfc,
     unprintable,
     visible,
@@ -84,7 +84,7 @@ MAX_FULL_NAME = 200
 
 
 def _printable_name(name: str) -> str:
-    """A name as it is kept: NFC, with a letter, nothing invisible or line-breaking in it
+    """A name as it is kept: NFC, with a letter or a digit, nothing invisible or line-breaking in it
     (``fund.kit.text.unprintable``): it is printed in screens, exports and terminals."""
     name = nfc(name)
     refused = unprintable(name)
@@ -95,8 +95,8 @@ def _printable_name(name: str) -> str:
             " direction overrides): {character}",
             {"character": code_point(refused)},
         )
-    if not has_letter(name):
-        raise PydanticCustomError("value_error", "a name needs at least one letter")
+    if not has_letter_or_digit(name):
+        raise PydanticCustomError("value_error", "a name needs a letter or a digit")
     return name
 
 
