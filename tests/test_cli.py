@@ -57,9 +57,11 @@ async def test_users_create_prints_the_id_and_refuses_bad_values_with_exit_1(
     code, out, _ = await fund(database_url, *create("Ops@Example.com", "ADMIN"))
     assert code == 0
     assert out.strip().isdigit()
-    # Without --full-name, the name is the address's local part: digits make a name too.
-    code, _, err = await fund(database_url, *create("12345@example.com"))
-    assert code == 0, err
+    # Without --full-name, the name is the address's local part: digits make a name too,
+    # and a local part of neither makes the whole address the name.
+    for email in ("12345@example.com", "___@example.com"):
+        code, _, err = await fund(database_url, *create(email))
+        assert code == 0, (email, err)
 
     failures = {
         "duplicate": create("ops@example.com"),

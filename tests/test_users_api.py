@@ -114,6 +114,13 @@ async def test_a_query_parameter_a_route_does_not_take_is_refused_and_nothing_ha
     assert (await client.request(method, url, json=body)).status_code == 401
 
 
+async def test_head_with_a_query_parameter_is_refused_too(
+    client: httpx.AsyncClient, admin: Account
+) -> None:
+    response = await client.head("/api/v1/users/me?verbose=1", headers=admin.headers)
+    assert (response.status_code, response.content) == (422, b"")
+
+
 async def test_sign_in_with_a_query_parameter_is_refused_and_not_recorded(
     client: httpx.AsyncClient, admin: Account, resources: Resources
 ) -> None:
@@ -176,11 +183,24 @@ async def test_names_and_addresses_in_any_script_are_kept_in_one_form(
         headers=admin.headers,
     )
 
-    assert made.status_code == cyrillic.status_code == 201, (made.text, cyrillic.text)
+    joined = await client.post(
+        USERS,
+        json=new_user(email=" Mehrdad@Example.com ", full_name="Mehr\u200cdad Ahmadi"),
+        headers=admin.headers,
+    )
+
+    assert made.status_code == cyrillic.status_code == joined.status_code == 201, (
+        made.text,
+        cyrillic.text,
+        joined.text,
+    )
     assert (made.json()["email"], made.json()["full_name"]) == ("josé@exemple.fr", "José Niño")
     assert cyrillic.json()["email"] == "оля@пример.рф"
+    # Spaces around an address are trimmed; the joiner a Persian name needs is kept.
+    assert joined.json()["email"] == "mehrdad@example.com"
+    assert joined.json()["full_name"] == "Mehr\u200cdad Ahmadi"
     # The address signs in however its letters are typed.
-    for typed in ("JOSÉ@exemple.fr", "jose\u0301@exemple.fr"):
+    for typed in (" JOSÉ@exemple.fr ", "jose\u0301@exemple.fr", "josé@\uff45xemple.fr"):
         token = await client.post(
             "/api/v1/auth/token", data={"username": typed, "password": new_user()["password"]}
         )
@@ -261,6 +281,9 @@ BAD_CREATES: dict[str, Any] = {
     "email-mixing-cyrillic-into-latin": new_user(email="\u0430dmin@example.com"),
     "email-domain-mixing-cyrillic-into-latin": new_user(email="admin@ex\u0430mple.com"),
     "email-with-fullwidth-letters": new_user(email="\uff41dmin@example.com"),
+    "email-mixing-greek-into-latin": new_user(email="r\u03bfot@example.com"),
+    # U+0958 is two code points in NFC: 200 of them are 400, over the column's 200.
+    "full-name-too-long-once-in-nfc": new_user(full_name="\u0958" * 200),
     "is-active-not-bool": new_user(is_active="maybe"),
     # JSON has booleans: a number or a string for one is a client's bug, not a value.
     "is-active-zero": new_user(is_active=0),

@@ -16,6 +16,7 @@ from fund.db import UnitOfWork, create_engine, create_sessionmaker
 from fund.errors import EmailTaken, FundError
 from fund.kit.cache import Cache
 from fund.kit.pagination import CursorCodec
+from fund.kit.text import has_letter_or_digit
 from fund.users.schemas import MAX_FULL_NAME, UserCreate
 from fund.users.service import UserService
 
@@ -36,15 +37,20 @@ def _cli_actor() -> Actor:
     )
 
 
+def _name_from(email: str) -> str:
+    """A name for an account made without one: its address's local part, or the whole
+    address when that part has no letter or digit (``___@example.com``)."""
+    local = email.strip().split("@", maxsplit=1)[0]
+    return (local if has_letter_or_digit(local) else email.strip())[:MAX_FULL_NAME]
+
+
 async def create_user(
     settings: Settings, email: str, password: str, role: str, full_name: str | None
 ) -> int:
     try:
         # A too-long email is reported as one, not as the name made from it.
         # Given empty, it is refused like a blank one; only a missing name is made up.
-        name = (
-            full_name if full_name is not None else email.split("@", maxsplit=1)[0][:MAX_FULL_NAME]
-        )
+        name = full_name if full_name is not None else _name_from(email)
         data = UserCreate(email=email, password=password, role=role, full_name=name)
     except ValidationError as exc:
         reasons = "; ".join(

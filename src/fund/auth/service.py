@@ -20,7 +20,7 @@ from fund.kit.security import (
     read_access_token,
     verify_password_off_loop,
 )
-from fund.kit.text import nfc
+from fund.kit.text import sign_in_address
 from fund.users.repository import UserRepository
 from fund.users.schemas import UserRead
 from fund.users.service import UserService
@@ -58,7 +58,7 @@ class AuthService:
         # A failed attempt is recorded as typed (API.md: {"email": attempted}), bounded;
         # PostgreSQL text cannot hold NUL, so it shows as U+FFFD.
         attempted = email.replace("\x00", "\ufffd")[:MAX_EMAIL_CHARS]
-        normalized = nfc(email.strip()).lower()  # as addresses are kept (fund.kit.text)
+        normalized = sign_in_address(email)  # as addresses are kept (fund.kit.text)
         # Only a name that could be an account's is looked up: "ad\0min@…" or a name longer
         # than any email is nobody's, whatever it becomes once made storable.
         can_be_an_account = "\x00" not in normalized and len(normalized) <= MAX_EMAIL_CHARS

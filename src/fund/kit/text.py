@@ -14,8 +14,9 @@ import email_validator
 # What a name has no use for: controls (C0, DEL, C1: a CSV reader's line breaks, a terminal's
 # escapes), format characters (invisible, and the direction overrides that make text read
 # other than it is stored), line and paragraph separators (line breaks to many readers),
-# surrogates, private-use and unassigned code points.
-_UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+# surrogates and private-use code points. Not "unassigned": that is this Python's Unicode
+# version, and a newer one assigns letters people have in their names.
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
 # Except the two joiners, which Persian and Indic names and emoji sequences need.
 _JOINERS = frozenset("\u200c\u200d")
 
@@ -58,14 +59,16 @@ class EmailRefused(ValueError):
 def email_address(text: str) -> str:
     """``text`` as the address it is stored under, or :class:`EmailRefused`.
 
-    The standard's syntax and lengths (at most 64 characters before the @, 254 in all;
+    Trimmed, then the standard's syntax and lengths (at most 64 characters before the @, 254 in all;
     no display name, no quoted local part, no IP address for a domain), normalized and
     lower-cased. Refused besides, because they make one address pass for another:
     compatibility characters (fullwidth or mathematical letters, ligatures) and letters
     of look-alike scripts mixed in the part before the @ or in one label of the domain.
     """
     try:
-        valid = email_validator.validate_email(text, check_deliverability=False, strict=True)
+        valid = email_validator.validate_email(
+            text.strip(), check_deliverability=False, strict=True
+        )
     except email_validator.EmailNotValidError as error:
         raise EmailRefused(str(error)) from None
     local, domain = valid.local_part, valid.domain
@@ -83,6 +86,23 @@ def email_address(text: str) -> str:
                 f"{where} mixes letters of the {' and '.join(scripts)} scripts, which look alike."
             )
     return f"{local}@{domain}".lower()
+
+
+def sign_in_address(typed: str) -> str:
+    """The address a sign-in looks up for what was typed: as ``email_address`` keeps it (so
+    `` Admin@EXAMPLE.com`` finds ``admin@example.com``, as does a domain typed in fullwidth
+    letters), or, for what it refuses (an account made before its rules), trimmed, in NFC
+    and lower-cased."""
+    typed = typed.strip()
+    if len(typed) <= _LONGEST_ADDRESS:  # longer is nobody's; not worth parsing
+        try:
+            return email_address(typed)
+        except EmailRefused:
+            pass
+    return nfc(typed).lower()
+
+
+_LONGEST_ADDRESS = 320  # 64 before the @, 255 after it (RFC 3696)
 
 
 def _look_alike_scripts(part: str) -> set[str]:

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -83,10 +84,19 @@ Password = Annotated[
 MAX_FULL_NAME = 200
 
 
+def _in_nfc(value: object) -> object:
+    """Text in NFC before its length is checked: NFC can lengthen it (U+0958 is two code
+    points in NFC), and the column holds what was checked."""
+    return nfc(value) if isinstance(value, str) else value
+
+
+InNFC = BeforeValidator(_in_nfc)
+
+
 def _printable_name(name: str) -> str:
-    """A name as it is kept: NFC, with a letter or a digit, nothing invisible or line-breaking in it
-    (``fund.kit.text.unprintable``): it is printed in screens, exports and terminals."""
-    name = nfc(name)
+    """A name as it is kept (NFC, ``InNFC``): with a letter or a digit, nothing invisible or
+    line-breaking in it (``fund.kit.text.unprintable``): it is printed in screens, exports
+    and terminals."""
     refused = unprintable(name)
     if refused is not None:
         raise PydanticCustomError(
@@ -103,6 +113,7 @@ def _printable_name(name: str) -> str:
 FullName = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_FULL_NAME),
+    InNFC,
     AfterValidator(_printable_name),
     WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_FULL_NAME}),
 ]
@@ -118,7 +129,7 @@ class UserListQuery(PageQuery):
         Annotated[
             str,
             StringConstraints(min_length=1, max_length=100, pattern=NO_NUL),
-            AfterValidator(nfc),
+            InNFC,
         ]
         | None
     ) = None
