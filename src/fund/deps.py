@@ -18,7 +18,7 @@ from fund.config import Settings
 from fund.db import UnitOfWork, asyncpg_dsn, unit_of_work
 from fund.kit.cache import Cache
 from fund.kit.pagination import CursorCodec
-from fund.kit.params import no_query_parameters, takes_query
+from fund.kit.params import VALIDATION_ERROR, no_query_parameters, takes_query
 from fund.kit.request_context import client_ip, request_id
 from fund.kit.slots import Slots
 from fund.stats.service import StatsService
@@ -72,6 +72,11 @@ class UnitOfWorkRoute(APIRoute):
     read its own write), and an error anywhere in it rolls the unit back before the error
     is answered. Dependencies read the unit from the request (``work_of``).
     """
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        if not self.takes_query:  # documented: any query parameter is a 422 here
+            self.responses.setdefault(422, VALIDATION_ERROR)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()

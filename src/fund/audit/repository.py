@@ -154,7 +154,8 @@ def _csv_cell(value: ColumnElement[Any], *, free_text: bool) -> ColumnElement[st
     value = func.coalesce(value, _sql_string(""))
     if free_text:
         starts = [_sql_string(start) for start in FORMULA_STARTS]
-        value = case((func.left(value, 1).in_(starts), _sql_string("'") + value), else_=value)
+        first = func.left(value, literal_column("1"))  # written in, not a placeholder
+        value = case((first.in_(starts), _sql_string("'") + value), else_=value)
     quoted = _sql_string('"') + func.replace(value, _sql_string('"'), _sql_string('""'))
     quoted = quoted + _sql_string('"')
     return case((value.op("~")(_sql_string('[",\\r\\n]')), quoted), else_=value)

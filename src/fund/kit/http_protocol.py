@@ -5,7 +5,9 @@ What the HTTP parser cannot read as HTTP (a NUL or a raw 0xFF byte in the reques
 header, a ``Content-Length`` that is not one number, a bad chunk size, a request line over
 its buffer) never reaches the application: uvicorn answers it itself, in plain text,
 without a request id. Here that answer is the API's: ``400 {"detail": …}``, with an
-``X-Request-ID`` the operator can find in the log, and the headers every response carries.
+``X-Request-ID`` the operator can find in the log (beside uvicorn's own warning, which has
+none), ``nosniff`` and ``no-store``. Not HSTS: the protocol does not know the settings; a
+TLS-terminating proxy in front adds it to what it forwards.
 """
 
 from __future__ import annotations
