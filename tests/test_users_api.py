@@ -54,6 +54,19 @@ MATRIX: list[tuple[str, str, dict[str, Any] | None, tuple[int, int, int]]] = [
 ]
 
 
+async def matrix_target(
+    resources: Resources, role: Role, path: str
+) -> tuple[Account, Account, str]:
+    """A caller of ``role``, another (VIEWER) account, and ``path`` for them: ``{other}``,
+    ``{self}`` and ``{entry}`` (the other account's creation entry) filled in."""
+    # Two admins, so that deactivating "other" is never refused as the last admin's.
+    await make_account(resources, Role.ADMIN)
+    caller = await make_account(resources, role)
+    other = await make_account(resources, Role.VIEWER)
+    [entry] = await audit_rows(resources, resource_id=str(other.id))
+    return caller, other, path.format(other=other.id, self=caller.id, entry=entry["id"])
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body", "expected"), MATRIX, ids=[f"{m} {p}" for m, p, _, _ in MATRIX]
 )
@@ -67,12 +80,7 @@ async def test_role_matrix(
     body: dict[str, Any] | None,
     expected: tuple[int, int, int],
 ) -> None:
-    # Two admins, so that deactivating "other" is never refused as the last admin's.
-    await make_account(resources, Role.ADMIN)
-    caller = await make_account(resources, role)
-    other = await make_account(resources, Role.VIEWER)
-    [entry] = await audit_rows(resources, resource_id=str(other.id))
-    url = path.format(other=other.id, self=caller.id, entry=entry["id"])
+    caller, _, url = await matrix_target(resources, role, path)
 
     response = await client.request(method, url, json=body, headers=caller.headers)
 
@@ -95,11 +103,8 @@ async def test_a_query_parameter_a_route_does_not_take_is_refused_and_nothing_ha
     body: dict[str, Any] | None,
     expected: tuple[int, int, int],
 ) -> None:
-    await make_account(resources, Role.ADMIN)
-    caller = await make_account(resources, Role.ADMIN)
-    other = await make_account(resources, Role.VIEWER)
-    [entry] = await audit_rows(resources, resource_id=str(other.id))
-    url = path.format(other=other.id, self=caller.id, entry=entry["id"]) + "?dry_run=true"
+    caller, other, url = await matrix_target(resources, Role.ADMIN, path)
+    url += "?dry_run=true"
     users_before = (await client.get(f"{USERS}/{other.id}", headers=caller.headers)).json()
     entries_before = await count_rows(resources, "audit_logs")
 
@@ -109,7 +114,7 @@ async def test_a_query_parameter_a_route_does_not_take_is_refused_and_nothing_ha
     assert response.json()["detail"][0]["loc"] == ["query", "dry_run"]
     assert (await client.get(f"{USERS}/{other.id}", headers=caller.headers)).json() == users_before
     assert await count_rows(resources, "audit_logs") == entries_before
-    assert len(await audit_rows(resources, resource_id=str(entry["resource_id"]))) == 1
+    assert len(await audit_rows(resources, resource_id=str(other.id))) == 1  # its creation
     # The caller is checked first, as on the lists.
     assert (await client.request(method, url, json=body)).status_code == 401
 
