@@ -59,11 +59,12 @@ class EmailRefused(ValueError):
 def email_address(text: str) -> str:
     """``text`` as the address it is stored under, or :class:`EmailRefused`.
 
-    Trimmed, then the standard's syntax and lengths (at most 64 characters before the @, 254 in all;
-    no display name, no quoted local part, no IP address for a domain), normalized and
-    lower-cased. Refused besides, because they make one address pass for another:
-    compatibility characters (fullwidth or mathematical letters, ligatures) and letters
-    of look-alike scripts mixed in the part before the @ or in one label of the domain.
+    Trimmed, then the standard's syntax and lengths (at most 64 characters before the @,
+    254 in all; no display name, no quoted local part, no IP address for a domain),
+    normalized and lower-cased. Refused besides, because they make one address pass for
+    another: compatibility characters (fullwidth or mathematical letters, ligatures) and
+    letters of look-alike scripts mixed in the part before the @ or in one label of the
+    domain.
     """
     try:
         valid = email_validator.validate_email(
