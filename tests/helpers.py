@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from fund.deps import Resources
 
@@ -52,3 +53,18 @@ async def prepared_plans(conn: AsyncConnection, marker: str) -> dict[str, tuple[
         for row in rows
         if marker in row.statement and "pg_prepared_statements" not in row.statement
     }
+
+
+@contextmanager
+def statements_sent(engine: AsyncEngine) -> Iterator[list[tuple[str, Any]]]:
+    """Every statement the engine sends, with its parameters, while the block runs."""
+    sent: list[tuple[str, Any]] = []
+
+    def record(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
+        sent.append((statement, parameters))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)

@@ -14,14 +14,13 @@ import itertools
 import json
 import sys
 from collections.abc import AsyncIterator, Iterator, MutableMapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import event, func, select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -39,7 +38,7 @@ from fund.kit.pagination import Direction, Position
 from fund.main import create_app
 from fund.models import AuditLog, Role
 from tests.conftest import SECRET, clone_database, drop_database, make_account
-from tests.helpers import prepared_plans
+from tests.helpers import prepared_plans, statements_sent
 from tests.services import PostgresServer
 
 pytestmark = pytest.mark.slow
@@ -120,21 +119,6 @@ async def engine(postgres: PostgresServer, big_database: str) -> AsyncIterator[A
     engine = create_async_engine(postgres.url(big_database))
     yield engine
     await engine.dispose()
-
-
-@contextmanager
-def statements_sent(engine: AsyncEngine) -> Iterator[list[tuple[str, Any]]]:
-    """Every statement the engine sends, with its parameters, while the block runs."""
-    sent: list[tuple[str, Any]] = []
-
-    def record(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
-        sent.append((statement, parameters))
-
-    event.listen(engine.sync_engine, "before_cursor_execute", record)
-    try:
-        yield sent
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", record)
 
 
 def sql_literal(value: Any) -> str:

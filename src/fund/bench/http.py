@@ -400,8 +400,8 @@ def parse_wrk(output: str) -> LoadResult:
 
 async def prime(port: int, route: Route, token: str) -> None:
     """One request, waited for, before a route's load: a cold cache entry is built here,
-    not inside the measured run (a cold ``/stats`` takes seconds at 10M entries, and every
-    request of the run would wait for it)."""
+    not inside the measured run (a cold ``/stats`` takes over half a second at 10M
+    entries, and every request of the run would wait for it)."""
     headers = {"Authorization": f"Bearer {token}"} if route.authenticated else {}
     async with asyncio.timeout(PRIME_TIMEOUT):
         await _answer(port, "GET", route.paths[0], headers)

@@ -414,8 +414,8 @@ def _markdown(run: BenchRun, chart_names: list[str]) -> list[str]:
         "repositories, statements counted on the engine.",
         "- HTTP figures come from `fund serve` started on a free loopback port against the "
         "bench database, with a token from `POST /api/v1/auth/token`. Each route is first "
-        "asked once and answered (a cold cache entry is built then: `/stats` takes seconds "
-        "at 10M entries), then gets a warm-up run before the measured one (not in a "
+        "asked once and answered (a cold cache entry is built then: `/stats` takes over half "
+        "a second at 10M entries), then gets a warm-up run before the measured one (not in a "
         "`--quick` run). The server logs at WARNING, so it writes no access line per request "
         "(docs/OPERATIONS.md, Logs, has what one costs); what it logged is printed after it "
         "stops.",
