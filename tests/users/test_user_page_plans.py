@@ -6,7 +6,7 @@ ANALYZE on a database loaded once for the module, server-side.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -118,7 +118,14 @@ async def page_statements(
 
 def page_read(sent: list[tuple[str, Any]]) -> tuple[str, Any]:
     """The one statement that reads the page, among what the repository sent."""
-    bookkeeping = ("SELECT set_config", "EXPLAIN", "SAVEPOINT", "RELEASE SAVEPOINT")
+    # Planner settings, estimates and the look at the rows nearby: how the page is read.
+    bookkeeping = (
+        "SELECT set_config",
+        "EXPLAIN",
+        "SAVEPOINT",
+        "RELEASE SAVEPOINT",
+        "SELECT count(*) AS matches \nFROM (SELECT nearby.",
+    )
     reads = [(s, p) for s, p in sent if not s.startswith(bookkeeping)]
     assert len(reads) == 1  # one statement reads the page, whatever the path
     return reads[0]
@@ -301,6 +308,62 @@ async def test_a_search_whose_matches_are_all_old_sorts_them_rather_than_walk_to
         assert bitmaps == {"idx_users_email_trgm", "idx_users_full_name_trgm"}
 
 
+@pytest.mark.parametrize(
+    ("ids", "read"),
+    [
+        (list(range(1, 6)), "scan"),
+        (list(range(USERS - 4, USERS + 1)), "scan"),
+        (list(range(USERS - 29, USERS + 1)), "walk"),
+    ],
+    ids=["five-oldest-scan", "five-newest-scan", "thirty-newest-walk"],
+)
+async def test_a_search_without_a_trigram_walks_only_a_window_else_scans(
+    loaded: Loaded, ids: list[int], read: str
+) -> None:
+    """``q=zq`` has no trigram for an index to look up. Walking to a page's worth of its
+    matches could read the whole table (five matches: all of it, wherever they are), so a
+    walk is taken only when the ``SEARCH_WINDOW`` rows beyond the position hold a page's
+    worth; otherwise the table is scanned once. No page reads more than either."""
+    async with loaded.engine.connect() as conn, conn.begin():
+        await conn.execute(
+            text("UPDATE users SET full_name = 'Zq ' || full_name WHERE id = ANY(:ids)"),
+            {"ids": ids},
+        )
+        await conn.execute(text("ANALYZE users"))
+        pages: list[tuple[Any, Sequence[dict[str, Any]], str]] = []
+        for after_second in (False, True):
+            at = None
+            if after_second:
+                second = pages[0][1][1]
+                at = Position(second["created_at"], second["id"], Direction.NEXT)
+            savepoints = async_sessionmaker(bind=conn, join_transaction_mode="create_savepoint")
+            async with UnitOfWork(savepoints) as work:  # a search reads in a transaction
+                sent = await page_statements(work, conn, UserFilters(q="zq"), at)
+                page = await UserRepository(work).page_rows(
+                    UserFilters(q="zq"), limit=LIMIT, position=at, encode=lambda _: "c"
+                )
+            async with conn.begin_nested():
+                pages.append((await explain_sent(conn, sent), page.items, page_read(sent)[0]))
+        await conn.rollback()
+    newest_first = sorted(ids, reverse=True)
+    assert [row["id"] for row in pages[0][1]] == newest_first[:LIMIT]
+    assert [row["id"] for row in pages[1][1]] == newest_first[2 : 2 + LIMIT]
+    for plan, _, statement in pages:
+        assert f"/* q: {read} */" in statement
+        kinds = {n["Node Type"] for n in nodes(plan)}
+        rows_read = sum(
+            n["Actual Rows"] + n.get("Rows Removed by Filter", 0)
+            for n in nodes(plan)
+            if n["Node Type"] in ("Index Scan", "Seq Scan")
+        )
+        if read == "scan":  # every row once, in no order: no index walked
+            assert "Index Scan" not in kinds
+            assert rows_read <= USERS + 1
+        else:  # the newest rows, until a page's worth of matches
+            assert "Seq Scan" not in kinds
+            assert rows_read <= 4 * (LIMIT + 1)
+
+
 async def test_the_two_ways_of_reading_a_search_are_two_statements(loaded: Loaded) -> None:
     # A cached generic plan would otherwise outlive the planner settings it was made under.
     pages = {}
@@ -312,7 +375,8 @@ async def test_the_two_ways_of_reading_a_search_are_two_statements(loaded: Loade
     assert "/* q: walk */" in pages["@plans."]
 
 
-@pytest.mark.parametrize("term", [RARE, "@pl"])  # sorted through the trigram indexes; walked
+# Sorted through the trigram indexes; walked; scanned (no trigram, no match nearby).
+@pytest.mark.parametrize("term", [RARE, "@pl", "zq"])
 async def test_after_a_search_page_the_transaction_plans_as_before(
     database_url: str, term: str
 ) -> None:

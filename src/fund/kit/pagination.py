@@ -30,7 +30,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import Enum
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, TypeVarTuple
 
 from sqlalchemy import (
     ColumnElement,
@@ -47,6 +47,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 from fund.db import DriverQuery, UnitOfWork, driver_fetch
 
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 _VERSION = 1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -197,23 +198,40 @@ def keyset_statement(
     page's own plan: each filter has an index that leads with its column and ends in the
     sort (migration 002).
     """
+    page = keyset_beyond(stmt, keyset, direction=direction, rows=rows)
+    if direction is None:
+        return page
+    sort, at = _sort_and_position(keyset)
+    if direction is Direction.NEXT:
+        probe = stmt.where(sort >= at).order_by(keyset.key.asc(), keyset.id.asc())
+    else:
+        probe = stmt.where(sort <= at).order_by(keyset.key.desc(), keyset.id.desc())
+    return union_all(page, probe.limit(_count(1)))
+
+
+def keyset_beyond(
+    stmt: Select[*Ts], keyset: Keyset, *, direction: Direction | None, rows: int
+) -> Select[*Ts]:
+    """At most ``rows`` rows beyond the position (a placeholder) in ``direction``, nearest
+    first: the page half of ``keyset_statement``, or from the start when ``direction`` is
+    None."""
     newest_first = (keyset.key.desc(), keyset.id.desc())
-    oldest_first = (keyset.key.asc(), keyset.id.asc())
     if direction is None:
         return stmt.order_by(*newest_first).limit(_count(rows))
-    sort = tuple_(keyset.key, keyset.id)
+    sort, at = _sort_and_position(keyset)
+    if direction is Direction.NEXT:
+        return stmt.where(sort < at).order_by(*newest_first).limit(_count(rows))
+    return stmt.where(sort > at).order_by(keyset.key.asc(), keyset.id.asc()).limit(_count(rows))
+
+
+def _sort_and_position(keyset: Keyset) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
+    """The keyset as a row value, and the position's placeholders as one."""
     # Typed placeholders: a bigint id must not be cast to integer, and the row comparison
     # must match the index columns' types to stay an index condition.
     at = tuple_(
         bindparam(CURSOR_KEY, type_=keyset.key.type), bindparam(CURSOR_ID, type_=keyset.id.type)
     )
-    if direction is Direction.NEXT:
-        page = stmt.where(sort < at).order_by(*newest_first).limit(_count(rows))
-        probe = stmt.where(sort >= at).order_by(*oldest_first).limit(_count(1))
-    else:
-        page = stmt.where(sort > at).order_by(*oldest_first).limit(_count(rows))
-        probe = stmt.where(sort <= at).order_by(*newest_first).limit(_count(1))
-    return union_all(page, probe)
+    return tuple_(keyset.key, keyset.id), at
 
 
 def _count(rows: int) -> ColumnElement[int]:
