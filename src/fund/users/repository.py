@@ -150,10 +150,10 @@ def _marked(stmt: Select[T], read: str | None) -> Select[T]:
 def _rows_source(names: tuple[str, ...], read: str | None) -> tuple[Select[Any], Keyset]:
     """What a page of rows reads for the filters named, read as ``_plan_search`` chose.
 
-    A search that sorts its matches reads them behind a materialized CTE, so the cursor's
-    position applies to the matches only; on the table it could also become a bitmap of
-    the ``created_at`` range behind the cursor, intersected with the trigram bitmap
-    (``BitmapAnd``), which grows with the depth.
+    A search that sorts (or scans for) its matches reads them behind a materialized CTE, so
+    the cursor's position applies to the matches only; on the table it could also become a
+    bitmap of the ``created_at`` range behind the cursor, intersected with the trigram
+    bitmap (``BitmapAnd``), which grows with the depth.
     """
     filtered = select(*SHOWN).where(*_conditions(names))
     if read not in ("sort", "scan"):
