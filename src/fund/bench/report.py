@@ -142,6 +142,12 @@ class BenchRun:
                     ": a bitmap scan collects every matching row, then sorts them to keep the "
                     "newest 20, so its cost grows with the number of matches, not the page size"
                 )
+            elif "Seq Scan" in worst.scan:
+                why += (
+                    ": a term without three letters or digits in a row has no trigram for an "
+                    "index to look up; fewer than a page of matches among the 50,000 rows "
+                    "nearest, so the table is read once (docs/PAGINATION.md)"
+                )
             elif worst.scan.startswith("Index Scan"):
                 why += (
                     ": the index gives the order but not the filter, so rows are read and "
@@ -407,7 +413,10 @@ def _markdown(run: BenchRun, chart_names: list[str]) -> list[str]:
         "",
         "- Database figures are PostgreSQL's own `Execution Time` from `EXPLAIN (ANALYZE, "
         "BUFFERS)`, median of the runs after a warm-up run, of the exact SQL and parameters "
-        "the repositories send (recorded while the real repository method runs).",
+        "the repositories send (recorded while the real repository method runs), replayed "
+        "in order with the planner settings they were sent under; a page that reads before "
+        "its page statement (a search with no trigram looks at the rows nearest first) "
+        "counts both.",
         "- Without the indexes means: `BEGIN; DROP INDEX …` (every index of the table that "
         "backs no constraint); `EXPLAIN ANALYZE …; ROLLBACK`. The data is never changed.",
         "- N+1 and include are wall-clock times of a fresh session each, through the "
