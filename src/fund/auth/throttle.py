@@ -6,14 +6,14 @@ import hashlib
 import time
 
 from fund.kit.cache import Cache, CircuitOpen
-from fund.kit.text import nfc
 
 KIND = "login_failures"
 
 
 def _account(email: str) -> str:
-    # Hashed: the key names no email, and any input makes a bounded key.
-    return hashlib.sha256(nfc(email.strip()).lower().encode()).hexdigest()[:32]
+    """The key of an address as sign-in looks it up (``fund.kit.text.sign_in_address``, in
+    ``AuthService.login``). Hashed: the key names no email, and any input makes a bounded key."""
+    return hashlib.sha256(email.encode()).hexdigest()[:32]
 
 
 LOCAL_ACCOUNTS = 100_000

@@ -178,11 +178,12 @@ async def measure(
             for index in drop:
                 await conn.exec_driver_sql(f'DROP INDEX "{index}"')
             plans = []
+            sent_reads = query.reads
             for _ in range(repeats + 1):
                 # In the order sent: each read under the planner settings it was sent under.
                 reads = []
                 for statement in query.setup:
-                    if statement in query.reads:
+                    if statement in sent_reads:
                         reads.append(await explain(conn, statement))
                     else:  # e.g. planner settings local to the transaction
                         await conn.exec_driver_sql(*statement)

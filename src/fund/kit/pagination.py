@@ -206,7 +206,7 @@ def keyset_statement(
         probe = stmt.where(sort >= at).order_by(keyset.key.asc(), keyset.id.asc())
     else:
         probe = stmt.where(sort <= at).order_by(keyset.key.desc(), keyset.id.desc())
-    return union_all(page, probe.limit(_count(1)))
+    return union_all(page, probe.limit(row_count(1)))
 
 
 def keyset_beyond(
@@ -217,11 +217,11 @@ def keyset_beyond(
     None."""
     newest_first = (keyset.key.desc(), keyset.id.desc())
     if direction is None:
-        return stmt.order_by(*newest_first).limit(_count(rows))
+        return stmt.order_by(*newest_first).limit(row_count(rows))
     sort, at = _sort_and_position(keyset)
     if direction is Direction.NEXT:
-        return stmt.where(sort < at).order_by(*newest_first).limit(_count(rows))
-    return stmt.where(sort > at).order_by(keyset.key.asc(), keyset.id.asc()).limit(_count(rows))
+        return stmt.where(sort < at).order_by(*newest_first).limit(row_count(rows))
+    return stmt.where(sort > at).order_by(keyset.key.asc(), keyset.id.asc()).limit(row_count(rows))
 
 
 def _sort_and_position(keyset: Keyset) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
@@ -234,8 +234,8 @@ def _sort_and_position(keyset: Keyset) -> tuple[ColumnElement[Any], ColumnElemen
     return tuple_(keyset.key, keyset.id), at
 
 
-def _count(rows: int) -> ColumnElement[int]:
-    """A row count written into the statement's text (``keyset_statement``)."""
+def row_count(rows: int) -> ColumnElement[int]:
+    """A row count written into a statement's text, not sent as a value (``keyset_statement``)."""
     return literal_column(str(int(rows)), Integer)
 
 

@@ -16,7 +16,6 @@ from sqlalchemy import (
     exists,
     func,
     literal,
-    literal_column,
     or_,
     select,
     text,
@@ -31,6 +30,7 @@ from fund.kit.pagination import (
     driver_keyset_page,
     keyset_beyond,
     keyset_values,
+    row_count,
     rows_to_read,
 )
 from fund.models import Role, User
@@ -182,7 +182,7 @@ def _matches_nearby(names: tuple[str, ...], direction: Direction | None, rows: i
     found = (
         select(nearby.c.email)
         .where(_search(nearby.c.email, nearby.c.full_name))
-        .limit(literal_column(str(int(rows))))
+        .limit(row_count(rows))
         .subquery("found")
     )
     return DriverQuery(select(func.count().label("matches")).select_from(found))
@@ -330,20 +330,30 @@ class UserRepository(Repository):
         if filters.q is None:
             return None
         names = tuple(values)
-        if _TRIGRAM.search(filters.q):
+        trigram = _TRIGRAM.search(filters.q) is not None
+        if trigram:
             await self.session.execute(text(_SORT_MATCHES))  # begins the transaction
             if await driver_estimate(self.work, _matches(names), values) <= SEARCH_FEW:
                 return "sort"
-            await self.session.execute(text(_WALK_TIME))
-            return "walk"
-        await self.session.execute(text(_WALK_TIME))  # begins the transaction
-        direction = position.direction if position is not None else None
-        nearby = keyset_values(position) | dict(values)
-        [row] = await driver_fetch(self.work, _matches_nearby(names, direction, rows), nearby)
-        if row["matches"] >= rows:
+        await self.session.execute(text(_WALK_TIME))  # begins the transaction, if not yet
+        if trigram or await self._page_nearby(names, values, position, rows):
             return "walk"
         await self.session.execute(text(_SCAN_TABLE))
         return "scan"
+
+    async def _page_nearby(
+        self,
+        names: tuple[str, ...],
+        values: Mapping[str, Any],
+        position: Position | None,
+        rows: int,
+    ) -> bool:
+        """Whether the ``SEARCH_WINDOW`` rows beyond the position hold a page's worth of
+        matches (``rows``), so that walking them fills the page."""
+        direction = position.direction if position is not None else None
+        nearby = keyset_values(position) | dict(values)
+        [row] = await driver_fetch(self.work, _matches_nearby(names, direction, rows), nearby)
+        return bool(row["matches"] >= rows)
 
     async def counts(self) -> dict[str, Any]:
         """Users by role, and how many are active: one pass over ``idx_users_role_is_active``
