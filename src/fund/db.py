@@ -17,7 +17,7 @@ import structlog
 from alembic.config import Config
 from sqlalchemy import ClauseElement, event, make_url
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -25,7 +25,9 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.util import greenlet_spawn
 
 from fund.config import Settings
 from fund.kit import metrics
@@ -248,24 +250,27 @@ async def driver_fetch(
         connection = await work.session.connection()
         driver = await _driver(connection)
         if settings is not None:
-            _heard(connection, settings, [])
+            _heard(connection.engine, settings, [])
             await driver.execute(settings)
-        _heard(connection, query.sql, args)
+        _heard(connection.engine, query.sql, args)
         return [dict(row) for row in await driver.fetch(query.sql, *args)]
-    async with _own_connection(work, settings) as (connection, driver):
-        _heard(connection, query.sql, args)
+    async with _own_connection(work.engine, settings) as driver:
+        _heard(work.engine, query.sql, args)
         rows = await driver.fetch(query.sql, *args)
     return [dict(row) for row in rows]
 
 
 @asynccontextmanager
-async def _own_connection(
-    work: UnitOfWork, settings: str | None
-) -> AsyncIterator[tuple[AsyncConnection, Any]]:
-    """A pooled connection and its asyncpg driver, for statements run outside the session;
+async def _own_connection(engine: AsyncEngine, settings: str | None) -> AsyncIterator[Any]:
+    """The asyncpg driver of a pooled connection, for statements run outside the session;
     with ``settings``, in a read-only transaction of its own whose ``BEGIN`` travels with
     them (simple-query protocol: several statements, one round trip), committed when the
     block ends.
+
+    The connection is checked out of the engine's pool as it is, with no SQLAlchemy
+    ``Connection`` made around it, which nothing here uses: a checkout and return cost a
+    worker 32 µs of CPU instead of 54 µs (measured on this machine kind), on every page
+    of the lists. The pool's checkout listeners still run (``refuse_closed_connections``).
 
     SQLAlchemy does not run these statements, so it cannot know what a failure left behind
     (a cancelled fetch or COPY leaves the protocol mid-operation, a failed one its
@@ -273,22 +278,44 @@ async def _own_connection(
     failure, or a block left early, the connection is retired rather than handed out
     again. Errors here are rare (values are validated); a reconnect is cheap.
     """
-    async with work.engine.connect() as connection:
-        driver = await _driver(connection)
-        try:
-            if settings is not None:
-                _heard(connection, settings, [])
-                await driver.execute(f"BEGIN READ ONLY; {settings}")
-            yield connection, driver
-            if settings is not None:
-                await driver.execute("COMMIT")
-        except BaseException:
-            # Closed at once: SQLAlchemy's invalidation first tries a graceful close, which
-            # waits 2 s on a connection mid-COPY while PostgreSQL goes on writing the rows.
-            driver.terminate()
-            with anyio.CancelScope(shield=True):
-                await connection.invalidate()
-            raise
+    pooled = await _checkout(engine)
+    driver: Any = pooled.driver_connection
+    try:
+        if settings is not None:
+            _heard(engine, settings, [])
+            await driver.execute(f"BEGIN READ ONLY; {settings}")
+        yield driver
+        if settings is not None:
+            await driver.execute("COMMIT")
+    except BaseException:
+        # Closed at once: SQLAlchemy's invalidation first tries a graceful close, which
+        # waits 2 s on a connection mid-COPY while PostgreSQL goes on writing the rows.
+        driver.terminate()
+        with anyio.CancelScope(shield=True):
+            await greenlet_spawn(pooled.invalidate)  # the pool forgets it, and opens another
+        raise
+    # Back to the pool, in a greenlet as the pool may close it (one beyond the pool's size):
+    # shielded, so a cancellation cannot leave the pool counting a connection it closed.
+    with anyio.CancelScope(shield=True):
+        await greenlet_spawn(pooled.close)
+
+
+async def _checkout(engine: AsyncEngine) -> PoolProxiedConnection:
+    """A connection from the engine's pool; a failure to connect raised as
+    ``engine.connect()`` raises it, a ``DBAPIError`` (answered 503, as any lost database)."""
+    dbapi_error = engine.dialect.loaded_dbapi.Error
+    try:
+        return await engine.raw_connection()
+    except dbapi_error as error:
+        raise DBAPIError.instance(
+            None,
+            None,
+            error,
+            dbapi_error,
+            hide_parameters=True,
+            connection_invalidated=engine.dialect.is_disconnect(error, None, None),
+            dialect=engine.dialect,
+        ) from error
 
 
 async def driver_estimate(work: UnitOfWork, query: DriverQuery, values: Mapping[str, Any]) -> float:
@@ -301,7 +328,7 @@ async def driver_estimate(work: UnitOfWork, query: DriverQuery, values: Mapping[
     args = query.args(values)
     explain = "EXPLAIN (FORMAT JSON) " + query.sql
     connection = await work.session.connection()
-    _heard(connection, explain, args)
+    _heard(connection.engine, explain, args)
     document = await (await _driver(connection)).fetchval(explain, *args)
     # The dialect decodes json columns on its connections; a plain asyncpg one would not.
     plans = orjson.loads(document) if isinstance(document, str | bytes) else document
@@ -343,10 +370,10 @@ async def driver_copy(
                 await chunks.put(bytes(buffer[:cut]))
                 del buffer[:cut]
 
-    async with _own_connection(work, settings) as (connection, driver):
+    async with _own_connection(work.engine, settings) as driver:
 
         async def copy() -> None:
-            _heard(connection, query.sql, args)
+            _heard(work.engine, query.sql, args)
             await driver.copy_from_query(query.sql, *args, output=sink, timeout=time_limit)
             if buffer:
                 await chunks.put(bytes(buffer))
@@ -430,12 +457,13 @@ async def _driver(connection: AsyncConnection) -> Any:
     return (await connection.get_raw_connection()).driver_connection
 
 
-def _heard(connection: AsyncConnection, sql: str, args: list[Any]) -> None:
+def _heard(engine: AsyncEngine, sql: str, args: list[Any]) -> None:
     """Tell the engine's listeners of a statement about to run on the driver (counted in
-    metrics, capturable in tests), as SQLAlchemy does for its own."""
-    sync = connection.sync_connection
-    if sync is not None and sync.dispatch.before_cursor_execute:
-        sync.dispatch.before_cursor_execute(sync, None, sql, tuple(args), None, False)
+    metrics, capturable in tests), as SQLAlchemy does for its own; the statement runs
+    through no SQLAlchemy ``Connection``, so they get None for it, as for the cursor."""
+    dispatch = engine.sync_engine.dispatch
+    if dispatch.before_cursor_execute:
+        dispatch.before_cursor_execute(None, None, sql, tuple(args), None, False)
 
 
 def asyncpg_dsn(database_url: str) -> str:

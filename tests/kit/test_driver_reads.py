@@ -7,12 +7,16 @@ the driver's errors by SQLSTATE like SQLAlchemy's.
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import Integer, bindparam, literal_column, select
+from sqlalchemy import Integer, bindparam, event, func, literal_column, make_url, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from sqlalchemy.pool import QueuePool
 
 from fund.db import DriverQuery, UnitOfWork, driver_fetch
 
@@ -78,6 +82,62 @@ async def test_inside_a_transaction_it_reads_on_the_sessions_connection(
             assert mine is not None
             own_pid = (await session.execute(select(literal_column("pg_backend_pid()")))).scalar()
             assert (await driver_fetch(work, PID, {}))[0]["pid"] == own_pid
+    finally:
+        await engine.dispose()
+
+
+SLOW_PID = DriverQuery(
+    select(literal_column("pg_backend_pid()").label("pid"), func.pg_sleep(0.3).label("slept"))
+)
+
+
+async def test_a_connection_beyond_the_pools_size_is_closed_when_its_read_ends(
+    database_url: str,
+) -> None:
+    """Driver reads check connections out of the pool as they are; one a read took beyond
+    the pool's size is closed when it comes back to a full pool, as any the pool lends."""
+    engine = create_async_engine(database_url, pool_size=1, max_overflow=1)
+    pool = engine.pool
+    assert isinstance(pool, QueuePool)
+    try:
+        async with UnitOfWork(async_sessionmaker(engine)) as work:
+            async with engine.connect() as held:  # the pool's one connection, taken
+                await held.execute(select(1))
+                lent = asyncio.Event()
+                event.listen(engine.sync_engine, "checkout", lambda *_: lent.set())
+                reading = asyncio.ensure_future(driver_fetch(work, SLOW_PID, {}))
+                await lent.wait()  # the read has the overflow connection
+                assert pool.checkedout() == 2
+            # The held one is back in the pool, which is full when the read's comes back.
+            overflow = (await reading)[0]["pid"]
+            assert pool.checkedout() == 0
+            assert pool.checkedin() == 1
+            again = (await driver_fetch(work, PID, {}))[0]["pid"]
+        assert again != overflow  # it was closed, not kept
+        async with engine.connect() as check:
+            alive = await check.scalar(
+                text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": overflow}
+            )
+        assert alive == 0
+    finally:
+        await engine.dispose()
+
+
+async def test_a_read_that_cannot_connect_raises_what_sqlalchemy_raises(
+    database_url: str,
+) -> None:
+    """A database that refuses the connection is a ``DBAPIError`` on the driver path too, as
+    through a ``Connection``: the app answers it 503 (tests/ops/test_database_restart.py)."""
+    engine = create_async_engine(make_url(database_url).set(database="fund_no_such_database"))
+    try:
+        async with UnitOfWork(async_sessionmaker(engine)) as work:
+            with pytest.raises(DBAPIError) as through_driver:
+                await driver_fetch(work, PID, {})
+        with pytest.raises(DBAPIError) as through_sqlalchemy:
+            async with engine.connect():
+                pass
+        assert type(through_driver.value) is type(through_sqlalchemy.value)
+        assert "fund_no_such_database" in str(through_driver.value.orig)
     finally:
         await engine.dispose()
 
