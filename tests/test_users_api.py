@@ -752,7 +752,7 @@ async def test_each_change_writes_exactly_one_entry_in_its_transaction(
     create = entries[0]
     assert create["request_id"] == "create-1"
     assert create["details"] == {"after": created.json()}
-    # The entry and the change share the transaction, hence the transaction timestamp.
+    # The entry carries the instant the change wrote, to the microsecond.
     assert create["timestamp"].isoformat().replace("+00:00", "Z") == created.json()["created_at"]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
+from datetime import datetime
 from ipaddress import ip_address
 from typing import Any
 
@@ -55,8 +56,18 @@ class AuditService:
         resource_type: ResourceType,
         resource_id: str | int,
         details: dict[str, Any] | None = None,
+        *,
+        at: datetime | None = None,
     ) -> AuditLog:
-        """Write an entry in the caller's transaction: it commits or rolls back with the change."""
+        """Write an entry in the caller's transaction: it commits or rolls back with the change.
+
+        ``at``: when the change it records was written, the changed row's own timestamp
+        (``created_at``, ``updated_at``), so that the two agree to the microsecond. Without
+        it, the time the entry is written. Either is taken after the change waited for its
+        row's lock, never the transaction's start: the entries of one resource follow the
+        order its changes were applied (migration 010).
+        """
+        written = {} if at is None else {"timestamp": at}
         return await self.repository.add(
             AuditLog(
                 user_id=actor.user_id,
@@ -67,6 +78,7 @@ class AuditService:
                 ip_address=_valid_ip(actor.ip_address),
                 user_agent=actor.user_agent[:512] if actor.user_agent else None,
                 request_id=actor.request_id,
+                **written,
             )
         )
 

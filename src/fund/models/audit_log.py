@@ -21,9 +21,11 @@ class AuditLog(Base):
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     """Surrogate key; the keyset tie-breaker of every audit page."""
     timestamp: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), nullable=False, server_default=func.now()
+        DateTime(timezone=True), nullable=False, server_default=func.clock_timestamp()
     )
-    """Transaction time of the change (microseconds); the sort key of audit pages."""
+    """When the entry was written, after the change it records (microseconds), so the
+    entries of one resource follow the order its changes were applied (migration 010); the
+    sort key of audit pages."""
     user_id: Mapped[int | None] = mapped_column(
         BigInteger, ForeignKey("users.id", ondelete="RESTRICT"), nullable=True
     )

@@ -41,13 +41,17 @@ class User(Base):
     is_active: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default="true")
     """False once deactivated; rows are never deleted."""
     created_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), nullable=False, server_default=func.now()
+        DateTime(timezone=True), nullable=False, server_default=func.clock_timestamp()
     )
-    """Creation time (microseconds); the sort key of users pages."""
+    """Creation time (microseconds), when the row was written; the sort key of users pages."""
     updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
+        DateTime(timezone=True),
+        nullable=False,
+        server_default=func.clock_timestamp(),
+        onupdate=func.clock_timestamp(),
     )
-    """Time of the last change."""
+    """Time of the last change: when it was written, after any wait for the row's lock, so
+    it never goes back (migration 010)."""
     token_version: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     """Raised by a password change and a deactivation: access tokens issued at an earlier
     version are refused (migration 009). Never leaves the server."""

@@ -196,6 +196,7 @@ class UserService:
             ResourceType.USER,
             user.id,
             {"after": view.model_dump(mode="json")},
+            at=user.created_at,
         )
         return view
 
@@ -250,7 +251,7 @@ class UserService:
             await self.repository.save(user)
         except IntegrityError as exc:
             raise EmailTaken from exc
-        await self._record_changes(actor, user.id, changes)
+        await self._record_changes(actor, user, changes)
         self._invalidate_after_commit(user.id)
         return UserRead.model_validate(user)
 
@@ -270,17 +271,25 @@ class UserService:
             raise NotAuthenticated
         return user
 
-    async def _record_changes(self, actor: Actor, user_id: int, changes: dict[str, Any]) -> None:
+    async def _record_changes(self, actor: Actor, user: User, changes: dict[str, Any]) -> None:
         """An UPDATE entry for ``changes``, but a deactivation is recorded as one (DELETE),
-        whichever route made it: an auditor listing deactivations by action finds them all."""
+        whichever route made it: an auditor listing deactivations by action finds them all.
+        Each at the change's ``updated_at``."""
         deactivated = changes.get("is_active") == {"old": True, "new": False}
         updated = {f: c for f, c in changes.items() if not (deactivated and f == "is_active")}
         if updated:
             await self.audit.record(
-                actor, Action.UPDATE, ResourceType.USER, user_id, {"changes": updated}
+                actor,
+                Action.UPDATE,
+                ResourceType.USER,
+                user.id,
+                {"changes": updated},
+                at=user.updated_at,
             )
         if deactivated:
-            await self.audit.record(actor, Action.DELETE, ResourceType.USER, user_id)
+            await self.audit.record(
+                actor, Action.DELETE, ResourceType.USER, user.id, at=user.updated_at
+            )
 
     async def deactivate(self, actor: Actor, user_id: int) -> None:
         ordered = await self.repository.lock_admin_removals_if_admin(user_id)  # before the row
@@ -291,7 +300,9 @@ class UserService:
         user.is_active = False
         self._end_sessions(user, keep=None)  # they stay ended if it is activated again
         await self.repository.save(user)
-        await self.audit.record(actor, Action.DELETE, ResourceType.USER, user.id)
+        await self.audit.record(
+            actor, Action.DELETE, ResourceType.USER, user.id, at=user.updated_at
+        )
         self._invalidate_after_commit(user.id)
 
     async def create_first_admin(self, actor: Actor, email: str) -> tuple[UserRead, str] | None:
