@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import structlog
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -128,6 +128,13 @@ class Settings(BaseSettings):
             raise ValueError("not a Redis URL; expected redis://host:port/db") from None
         if parts.scheme not in _REDIS_SCHEMES:
             raise ValueError("expected redis://, rediss:// or unix://")
+        # redis-py reads a database number it cannot parse as none, which is database 0:
+        # a typo would move the cache into a database another application may use.
+        numbers = [value for name, value in parse_qsl(parts.query) if name == "db"]
+        if parts.scheme != "unix" and parts.path not in ("", "/"):
+            numbers.append(parts.path[1:])
+        if not all(number.isascii() and number.isdigit() for number in numbers):
+            raise ValueError("the database must be a number: redis://host:port/0")
         return value
 
     @field_validator("data_dir")

@@ -245,3 +245,34 @@ async def test_huge_headers_are_431(client: httpx.AsyncClient, admin: Account) -
     assert response.status_code == 431
     assert response.json() == {"detail": "Request header fields too large"}
     assert (await client.get("/api/v1/users/me", headers=admin.headers)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/abc",
+        "redis://127.0.0.1:6379/13x",
+        "redis://127.0.0.1:6379/-1",
+        "redis://127.0.0.1:6379/0/1",
+        "redis://127.0.0.1:6379?db=one",
+        "unix:///run/redis.sock?db=x",
+    ],
+)
+def test_a_redis_database_that_is_not_a_number_is_refused(url: str) -> None:
+    """redis-py would read it as no database, that is database 0: another's, perhaps."""
+    with pytest.raises(ValidationError, match="the database must be a number"):
+        Settings(_env_file=None, redis_url=url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379",
+        "redis://127.0.0.1:6379/",
+        "redis://127.0.0.1:6379/13",
+        "rediss://user:secret@cache.internal:6380/2",
+        "unix:///run/redis.sock?db=3",
+    ],
+)
+def test_a_redis_url_with_a_database_number_or_none_is_taken(url: str) -> None:
+    assert Settings(_env_file=None, redis_url=url).redis_url == url
