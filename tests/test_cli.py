@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -111,6 +112,29 @@ async def test_a_database_that_is_not_there_is_one_line_not_a_traceback(
     code, _, err = await fund(database_url, "serve", "--port", "99999")
     assert code == 2
     assert "--port: must be 1..65535, not 99999" in err
+
+
+async def test_serve_on_an_address_it_cannot_listen_on_is_one_line_at_once(
+    database_url: str,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = await fund(database_url, "serve", "--port", str(port))
+    assert (code, out) == (1, "")
+    assert err.splitlines() == [f"fund: cannot listen on 127.0.0.1:{port}: Address already in use"]
+
+    code, out, err = await fund(database_url, "serve", "--host", "no-such-host.invalid")
+    assert (code, out) == (2, "")
+    [line] = err.splitlines()
+    assert line.startswith("fund: --host no-such-host.invalid: ")
+
+    code, out, err = await fund(database_url, "serve", "--host", "192.0.2.1")  # not ours
+    assert (code, out) == (1, "")
+    assert err.splitlines() == [
+        "fund: cannot listen on 192.0.2.1:8000: Cannot assign requested address"
+    ]
 
 
 async def test_bad_settings_are_one_line_each_naming_the_variable_never_its_value(

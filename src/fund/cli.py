@@ -216,6 +216,11 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from fund.kit.http_protocol import JSONErrorsHttpToolsProtocol
 
+    refused = _cannot_listen(args.host, args.port)
+    if refused is not None:
+        message, code = refused
+        print(f"fund: {message}", file=sys.stderr)
+        return code
     settings = _settings_with_database(settings)
     if (
         settings.redis_url is None
@@ -250,6 +255,29 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             http=JSONErrorsHttpToolsProtocol,
         )
     return 0
+
+
+def _cannot_listen(host: str, port: int) -> tuple[str, int] | None:
+    """Why ``fund serve`` could not listen on ``host:port``, and its exit code (2: a bad
+    ``--host``; 1: the address is taken or not this machine's); None if it can.
+
+    Checked before the migrations and the embedded servers, with the socket options uvicorn
+    binds with, so the error is one line at once rather than a traceback in uvicorn's log
+    after the start-up. (The address could still be taken in between: uvicorn reports it.)
+    """
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        return f"--host {host}: {getattr(exc, 'strerror', None) or exc}", 2
+    with socket.socket(family, kind, protocol) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return f"cannot listen on {host}:{port}: {exc.strerror or exc}", 1
+    return None
 
 
 @contextmanager
