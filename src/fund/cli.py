@@ -31,6 +31,7 @@ from fund.config import (
     get_settings,
     settings_problem,
     unknown_variables,
+    variables_given,
 )
 from fund.db import alembic_config
 from fund.kit import embedded
@@ -48,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for line in settings_problem(exc).splitlines():
             print(f"fund: {line}", file=sys.stderr)
         raise SystemExit(2) from None
-    for name in unknown_variables():
+    for name in unknown_variables(variables_given()):
         print(f"fund: warning: {name} is not a setting (misspelt?); ignored", file=sys.stderr)
     configure_logging(json=settings.logs_as_json, level=settings.log_level)
     # SIGTERM (a process manager stopping us) and SIGHUP (the terminal closed) must unwind

@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import structlog
+from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
@@ -229,6 +230,17 @@ _OTHER_VARIABLES = {
     "FUND_TEST_POSTGRES_URL",  # the test suite's servers (tests/services.py)
     "FUND_TEST_REDIS_URL",
 }
+
+
+def variables_given(env_file: Path = Path(".env")) -> list[str]:
+    """The names of the variables the settings are read from: the environment's and those
+    of the ``.env`` file, if there is one (``Settings`` reads both)."""
+    names = list(os.environ)
+    try:
+        names.extend(dotenv_values(env_file))
+    except (OSError, UnicodeDecodeError):  # unreadable: ``Settings`` has said so already
+        pass
+    return names
 
 
 def unknown_variables(environ: Iterable[str] = os.environ) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 from redis.asyncio import Redis
+from sqlalchemy import text
 
 from fund.deps import Resources
 from fund.kit import cache as cache_module
@@ -165,3 +166,21 @@ async def test_a_populate_that_lands_too_late_is_dropped(
     monkeypatch.undo()
     await client.get(url, headers=admin.headers)
     assert await user_entry(raw_redis, viewer.id) is not None
+
+
+async def test_the_invalidation_logs_connection_is_named_in_pg_stat_activity(
+    client: httpx.AsyncClient, resources: Resources, admin: Account
+) -> None:
+    """One connection per process beside the engine's pool: an operator sizing
+    ``max_connections`` finds it by name (docs/OPERATIONS.md, sizing the pool)."""
+    assert (await client.get("/api/v1/users/me", headers=admin.headers)).status_code == 200
+    async with resources.engine.connect() as conn:
+        names = (
+            await conn.execute(
+                text(
+                    "SELECT application_name FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+        ).scalars()
+        assert cache_module.APPLICATION_NAME in set(names)

@@ -121,6 +121,26 @@ def test_unknown_fund_variables_are_named() -> None:
     assert unknown_variables(environ) == ["FUND_ACESS_TOKEN_MINUTES"]
 
 
+def test_a_misspelt_variable_in_the_env_file_is_named_too(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("FUND_ACESS_TOKEN_MINUTES=5\nFUND_CACHE_USER_TTL=60\n")
+    done = subprocess.run(  # noqa: S603 (our own command, fixed arguments)
+        [FUND, "db", "current"],
+        check=False,
+        env=environment_without_fund(
+            FUND_DATABASE_URL="postgresql+asyncpg://postgres@127.0.0.1:1/nowhere"
+        ),
+        cwd=tmp_path,  # reads this .env
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1  # no database there: the warning came first
+    assert done.stderr.splitlines()[0] == (
+        "fund: warning: FUND_ACESS_TOKEN_MINUTES is not a setting (misspelt?); ignored"
+    )
+    assert "FUND_CACHE_USER_TTL" not in done.stderr
+
+
 def run_fund(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(  # noqa: S603 (our own command, fixed arguments)
         [FUND, "serve", "--port", "1"],

@@ -16,8 +16,8 @@ Rules, in one place (the reasoning is in docs/CACHING.md):
   including one that never saw Redis fail, serves an entry older than a write
   that returned.
 
-Keys are ``fund:v2:<kind>:<id>``: namespaced, versioned, and with no multi-key
-operation, so they are Redis Cluster-safe.
+Keys are ``fund:v2:<kind>:<id>``: namespaced and versioned. One read takes two keys (an
+``MGET``, ``Cache.get_many``), in different hash slots: one Redis server, not a Cluster.
 """
 
 from __future__ import annotations
@@ -128,6 +128,11 @@ class Found:
     hit: bool
 
 
+APPLICATION_NAME = "fund-invalidation-log"
+"""How the log's own connection (one per process, beside the engine's pool) shows in
+``pg_stat_activity``."""
+
+
 class InvalidationLog:
     """Invalidations that could not reach Redis, in PostgreSQL where every process sees them.
 
@@ -146,7 +151,9 @@ class InvalidationLog:
             try:
                 async with asyncio.timeout(self.timeout):
                     if self._conn is None or self._conn.is_closed():
-                        self._conn = await asyncpg.connect(self.dsn)
+                        self._conn = await asyncpg.connect(
+                            self.dsn, server_settings={"application_name": APPLICATION_NAME}
+                        )
                     return await op(self._conn)
             except BaseException:
                 await self._drop()
