@@ -15,7 +15,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from fund.bench import add_arguments, http, run_bench
+from fund.bench import DEFAULT_OUTPUT, SCENARIOS, add_arguments, http, report_directory, run_bench
 from fund.bench.database import NotBenchDatabase, drop_bench_database, prepare_bench_database
 from fund.bench.http import parse_wrk
 from fund.bench.report import CHARTS
@@ -251,3 +251,13 @@ async def test_the_python_load_generator_measures_a_real_server(
     assert command.startswith("python -m fund.bench.loadgen")
     assert result.requests > 0 and result.errors == 0
     assert result.rps > 0 and 0 < result.p50_ms <= result.p99_ms
+
+
+def test_a_smoke_or_partial_run_never_replaces_the_kept_report(bench_settings: Settings) -> None:
+    """Only a full run writes to docs/benchmarks by default; ``--quick`` or ``--only`` would
+    replace the 1M-row report there with a smaller one."""
+    local = bench_settings.data_dir / "benchmarks"
+    assert report_directory(bench_settings, quick=False, only=SCENARIOS) == DEFAULT_OUTPUT
+    assert report_directory(bench_settings, quick=True, only=SCENARIOS) == local
+    assert report_directory(bench_settings, quick=False, only=["search"]) == local
+    assert _bench_args("--quick").output is None  # settled by report_directory when it runs

@@ -17,6 +17,7 @@ import random
 import re
 import sys
 import tempfile
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -117,7 +118,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the bench's own Redis database number (default 14), flushed before the HTTP "
         "scenarios so no entry from other data is served",
     )
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="report directory")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help=f"report directory (default {DEFAULT_OUTPUT} for a full run; for --quick or "
+        "--only, benchmarks/ in FUND_DATA_DIR, so the report kept in the repository stays whole)",
+    )
     parser.add_argument(
         "--repeats", type=whole_number(1), default=5, help="EXPLAIN runs per query (median)"
     )
@@ -168,6 +175,8 @@ def run_bench(settings: Settings, args: argparse.Namespace) -> int:
         _apply_quick(args)
     only = args.only.split(",")
     workers = [int(w) for w in args.workers.split(",")]
+    if args.output is None:
+        args.output = report_directory(settings, quick=args.quick, only=only)
     try:  # before any work: a report that cannot be written is known at once
         args.output.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=args.output):
@@ -189,6 +198,15 @@ def run_bench(settings: Settings, args: argparse.Namespace) -> int:
     print(run.summary())
     print(f"\nreport: {paths[0]}  ({len(paths) - 1} charts)")
     return 0
+
+
+def report_directory(settings: Settings, *, quick: bool, only: Sequence[str]) -> Path:
+    """Where a report goes when ``--output`` is not given: ``docs/benchmarks`` for a full
+    run, the one the repository keeps; a smoke run's or a partial one's beside the other
+    local state, where it cannot replace that report with a smaller one."""
+    if quick or set(only) != set(SCENARIOS):
+        return settings.data_dir / "benchmarks"
+    return DEFAULT_OUTPUT
 
 
 def _log(message: str) -> None:
