@@ -125,10 +125,9 @@ async def test_serve_on_an_address_it_cannot_listen_on_is_one_line_at_once(
     assert (code, out) == (1, "")
     assert err.splitlines() == [f"fund: cannot listen on 127.0.0.1:{port}: Address already in use"]
 
-    code, out, err = await fund(database_url, "serve", "--host", "no-such-host.invalid")
+    code, out, err = await fund(database_url, "serve", "--host", "bad..host")  # no lookup
     assert (code, out) == (2, "")
-    [line] = err.splitlines()
-    assert line.startswith("fund: --host no-such-host.invalid: ")
+    assert err.splitlines() == ["fund: --host bad..host: not a host name or address"]
 
     code, out, err = await fund(database_url, "serve", "--host", "192.0.2.1")  # not ours
     assert (code, out) == (1, "")

@@ -270,8 +270,10 @@ def _cannot_listen(host: str, port: int) -> tuple[str, int] | None:
         family, kind, protocol, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
-    except (socket.gaierror, UnicodeError) as exc:
-        return f"--host {host}: {getattr(exc, 'strerror', None) or exc}", 2
+    except socket.gaierror as exc:
+        return f"--host {host}: {exc.strerror}", 2
+    except UnicodeError:  # an empty or overlong label: refused before any lookup
+        return f"--host {host}: not a host name or address", 2
     with socket.socket(family, kind, protocol) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
