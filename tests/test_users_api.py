@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -881,3 +882,15 @@ async def test_nul_bytes_are_refused_not_500(
     [failed] = await audit_rows(resources, action="LOGIN_FAILED")
     assert failed["details"] == {"email": "a\ufffdb@example.com"}  # as attempted, storable
     assert (created.status_code, searched.status_code, filtered.status_code) == (422, 422, 422)
+
+
+async def test_a_new_user_was_updated_when_it_was_created_to_the_microsecond(
+    client: httpx.AsyncClient, admin: Account
+) -> None:
+    created = (await client.post(USERS, json=new_user(), headers=admin.headers)).json()
+    assert created["updated_at"] == created["created_at"]
+    changed = await client.patch(
+        f"{USERS}/{created['id']}", json={"full_name": "Renamed"}, headers=admin.headers
+    )
+    at = datetime.fromisoformat
+    assert at(changed.json()["updated_at"]) > at(created["created_at"])

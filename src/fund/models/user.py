@@ -41,17 +41,17 @@ class User(Base):
     is_active: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default="true")
     """False once deactivated; rows are never deleted."""
     created_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), nullable=False, server_default=func.clock_timestamp()
+        DateTime(timezone=True), nullable=False, server_default=func.statement_timestamp()
     )
-    """Creation time (microseconds), when the row was written; the sort key of users pages."""
+    """Creation time (microseconds), when its INSERT ran; the sort key of users pages."""
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True),
         nullable=False,
-        server_default=func.clock_timestamp(),
+        server_default=func.statement_timestamp(),  # as created_at, to the microsecond
         onupdate=func.clock_timestamp(),
     )
     """Time of the last change: when it was written, after any wait for the row's lock, so
-    it never goes back (migration 010)."""
+    it never goes back (migration 010). Equal to ``created_at`` until the first change."""
     token_version: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     """Raised by a password change and a deactivation: access tokens issued at an earlier
     version are refused (migration 009). Never leaves the server."""

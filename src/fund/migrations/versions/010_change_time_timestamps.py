@@ -9,7 +9,10 @@ were applied, each entry's ``old`` not the ``new`` before it; ``updated_at`` cou
 back in time. ``clock_timestamp()`` is read when the statement writes the row, after any
 wait for its lock: the entries of one resource, and its ``updated_at``, follow the order
 its changes were applied. (Black-box probe, 2026-11-29: ten concurrent renames of one
-user, four trials in five out of order.)
+user, four trials in five out of order.) A new user's ``created_at`` and ``updated_at``
+default to ``statement_timestamp()``, one value for the whole ``INSERT``, so they stay equal
+on creation (two ``clock_timestamp()`` calls could differ by a microsecond); a change sets
+``updated_at`` to ``clock_timestamp()`` (``fund.models.User``).
 
 Only the column defaults change: no row is rewritten, and the entries already written
 keep their timestamps.
@@ -29,17 +32,17 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-def _defaults(expression: str) -> None:
-    op.execute(f'ALTER TABLE audit_logs ALTER COLUMN "timestamp" SET DEFAULT {expression}')
+def _defaults(entry: str, user: str) -> None:
+    op.execute(f'ALTER TABLE audit_logs ALTER COLUMN "timestamp" SET DEFAULT {entry}')
     op.execute(
-        f"ALTER TABLE users ALTER COLUMN created_at SET DEFAULT {expression},"
-        f" ALTER COLUMN updated_at SET DEFAULT {expression}"
+        f"ALTER TABLE users ALTER COLUMN created_at SET DEFAULT {user},"
+        f" ALTER COLUMN updated_at SET DEFAULT {user}"
     )
 
 
 def upgrade() -> None:
-    _defaults("clock_timestamp()")
+    _defaults("clock_timestamp()", "statement_timestamp()")
 
 
 def downgrade() -> None:
-    _defaults("now()")
+    _defaults("now()", "now()")
