@@ -46,7 +46,7 @@ format: $(STAMP) ## apply ruff format and the safe fixes
 seed: $(STAMP) ## 100k users and 1M audit logs into the configured database
 	$(BIN)/fund seed --users 100000 --audit-logs 1000000
 
-bench: $(STAMP) ## run the benchmarks (1M users, 10M audit logs) and write docs/benchmarks/REPORT.md (ARGS="--quick")
+bench: $(STAMP) ## run the benchmarks (1M users, 10M audit logs) and write docs/benchmarks/REPORT.md (ARGS="--quick": a smoke run, into .fund/benchmarks)
 	$(BIN)/fund bench $(ARGS)
 
 clean: ## remove the virtual env and local state (.fund: embedded database, secret key)

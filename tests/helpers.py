@@ -7,9 +7,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from fund.db import on_statement
 from fund.deps import Resources
 
 
@@ -59,12 +60,8 @@ async def prepared_plans(conn: AsyncConnection, marker: str) -> dict[str, tuple[
 def statements_sent(engine: AsyncEngine) -> Iterator[list[tuple[str, Any]]]:
     """Every statement the engine sends, with its parameters, while the block runs."""
     sent: list[tuple[str, Any]] = []
-
-    def record(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
-        sent.append((statement, parameters))
-
-    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    stop = on_statement(engine, lambda statement, parameters: sent.append((statement, parameters)))
     try:
         yield sent
     finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", record)
+        stop()

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import asyncpg
@@ -257,7 +258,13 @@ def test_a_smoke_or_partial_run_never_replaces_the_kept_report(bench_settings: S
     """Only a full run writes to docs/benchmarks by default; ``--quick`` or ``--only`` would
     replace the 1M-row report there with a smaller one."""
     local = bench_settings.data_dir / "benchmarks"
-    assert report_directory(bench_settings, quick=False, only=SCENARIOS) == DEFAULT_OUTPUT
-    assert report_directory(bench_settings, quick=True, only=SCENARIOS) == local
-    assert report_directory(bench_settings, quick=False, only=["search"]) == local
+
+    def where(*argv: str, only: Sequence[str] = SCENARIOS) -> Path:
+        return report_directory(bench_settings, _bench_args(*argv), only=only)
+
+    assert where() == DEFAULT_OUTPUT
+    assert where("--workers", "1,2", "--http-seconds", "10") == DEFAULT_OUTPUT
+    assert where("--quick") == local
+    assert where(only=["search"]) == local
+    assert where("--users", "100000", "--audit-logs", "1000000") == local
     assert _bench_args("--quick").output is None  # settled by report_directory when it runs

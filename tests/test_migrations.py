@@ -17,6 +17,7 @@ from tests.services import PostgresServer
 SCHEMA_QUERY = """
 SELECT 'table ' || table_name FROM information_schema.tables WHERE table_schema = 'public'
 UNION ALL SELECT 'column ' || table_name || '.' || column_name || ' ' || data_type
+    || ' default ' || coalesce(column_default, 'none')
     FROM information_schema.columns WHERE table_schema = 'public'
 UNION ALL SELECT 'index ' || indexname || ' ' || indexdef
     FROM pg_indexes WHERE schemaname = 'public'
@@ -141,6 +142,43 @@ async def test_007_makes_the_audit_identifiers_compare_bytewise(
     conn = await asyncpg.connect(postgres.dsn(empty_database))
     try:
         assert dict(await conn.fetch(query, columns)) == dict.fromkeys(columns, "default")
+    finally:
+        await conn.close()
+
+
+async def test_010_stamps_rows_when_they_are_written_not_when_the_transaction_began(
+    postgres: PostgresServer, empty_database: str
+) -> None:
+    stamped = """
+        WITH began AS (SELECT now() AS at, pg_sleep(0.01)),
+        entry AS (
+            INSERT INTO audit_logs (action, resource_type, resource_id)
+            VALUES ('LOGIN', 'user', '1') RETURNING "timestamp"
+        ),
+        account AS (
+            INSERT INTO users (email, hashed_password) VALUES ($1, 'x')
+            RETURNING created_at, updated_at
+        )
+        SELECT began.at, entry."timestamp", account.created_at, account.updated_at
+        FROM began, entry, account
+    """
+    await migrate(postgres, empty_database, "upgrade", "head")
+    conn = await asyncpg.connect(postgres.dsn(empty_database))
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_sleep(0.01)")  # the transaction began before this
+            began, entry, created, updated = await conn.fetchrow(stamped, "a@example.com")
+        assert entry > began  # written after the wait, not at the transaction's start
+        assert created == updated > began  # one value for a new user's two timestamps
+    finally:
+        await conn.close()
+    await migrate(postgres, empty_database, "downgrade", "009")
+    conn = await asyncpg.connect(postgres.dsn(empty_database))
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_sleep(0.01)")
+            began, entry, created, updated = await conn.fetchrow(stamped, "b@example.com")
+        assert entry == created == updated == began  # as before 010: the transaction's start
     finally:
         await conn.close()
 

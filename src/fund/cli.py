@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import io
 import os
 import shutil
@@ -262,24 +263,35 @@ def _cannot_listen(host: str, port: int) -> tuple[str, int] | None:
     """Why ``fund serve`` could not listen on ``host:port``, and its exit code (2: a bad
     ``--host``; 1: the address is taken or not this machine's); None if it can.
 
-    Checked before the migrations and the embedded servers, with the socket options uvicorn
-    binds with, so the error is one line at once rather than a traceback in uvicorn's log
-    after the start-up. (The address could still be taken in between: uvicorn reports it.)
+    Checked before the migrations and the embedded servers, so the error is one line at
+    once rather than a traceback in uvicorn's log after the start-up. Each address the
+    host resolves to is tried as asyncio's ``create_server`` binds them (uvicorn's one
+    worker): one this machine does not have is skipped, one that is taken refuses. (The
+    address could still be taken in between: uvicorn then reports it.)
     """
     try:
-        family, kind, protocol, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         return f"--host {host}: {exc.strerror}", 2
     except UnicodeError:  # an empty or overlong label: refused before any lookup
         return f"--host {host}: not a host name or address", 2
-    with socket.socket(family, kind, protocol) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            return f"cannot listen on {host}:{port}: {exc.strerror or exc}", 1
+    unavailable: OSError | None = None
+    bound = False
+    for family, kind, protocol, _, address in found:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno != errno.EADDRNOTAVAIL:
+                    return f"cannot listen on {host}:{port}: {exc.strerror or exc}", 1
+                unavailable = exc
+            else:
+                bound = True
+    if not bound and unavailable is not None:
+        return f"cannot listen on {host}:{port}: {unavailable.strerror or unavailable}", 1
     return None
 
 

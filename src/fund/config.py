@@ -131,7 +131,8 @@ class Settings(BaseSettings):
             raise ValueError("expected redis://, rediss:// or unix://")
         # redis-py reads a database number it cannot parse as none, which is database 0:
         # a typo would move the cache into a database another application may use.
-        numbers = [value for name, value in parse_qsl(parts.query) if name == "db"]
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        numbers = [value for name, value in query if name == "db"]
         if parts.scheme != "unix" and parts.path not in ("", "/"):
             numbers.append(parts.path[1:])
         if not all(number.isascii() and number.isdigit() for number in numbers):
@@ -248,9 +249,8 @@ def unknown_variables(environ: Iterable[str] = os.environ) -> list[str]:
     ignored, and its default used."""
     known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | _OTHER_VARIABLES
     return sorted(
-        name
-        for name in environ
-        if name.upper().startswith(ENV_PREFIX) and name.upper() not in known
+        {name for name in environ if name.upper().startswith(ENV_PREFIX)}
+        - {name for name in environ if name.upper() in known}
     )
 
 

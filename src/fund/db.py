@@ -9,13 +9,14 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TextIO
+from weakref import WeakKeyDictionary
 
 import anyio
 import asyncpg
 import orjson
 import structlog
 from alembic.config import Config
-from sqlalchemy import ClauseElement, event, make_url
+from sqlalchemy import ClauseElement, Engine, event, make_url
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import (
@@ -82,10 +83,41 @@ def refuse_closed_connections(engine: AsyncEngine) -> None:
 def count_statements(engine: AsyncEngine) -> None:
     """Count every SQL statement in ``fund_db_queries_total``."""
 
-    def _count(*_: Any) -> None:
+    def _count(_statement: str, _parameters: Any) -> None:
         metrics.DB_QUERIES.inc()
 
-    event.listen(engine.sync_engine, "before_cursor_execute", _count)
+    on_statement(engine, _count)
+
+
+StatementListener = Callable[[str, Any], None]
+"""Told each statement about to be sent, and its parameters."""
+_DRIVER_LISTENERS: WeakKeyDictionary[Engine, list[StatementListener]] = WeakKeyDictionary()
+
+
+def on_statement(engine: AsyncEngine, listener: StatementListener) -> Callable[[], None]:
+    """Call ``listener(statement, parameters)`` before every statement ``engine`` sends,
+    and return what stops it: those SQLAlchemy runs (its ``before_cursor_execute`` event)
+    and those run on the driver itself (``driver_fetch``, ``driver_copy``,
+    ``driver_estimate``), which SQLAlchemy does not see. The driver's statements are not
+    told to SQLAlchemy's event: its listeners (instrumentation libraries among them) are
+    promised a ``Connection``, and these run through none.
+    """
+    sync_engine = engine.sync_engine
+
+    def sqlalchemy_listener(
+        _conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any
+    ) -> None:
+        listener(statement, parameters)
+
+    event.listen(sync_engine, "before_cursor_execute", sqlalchemy_listener)
+    driver_listeners = _DRIVER_LISTENERS.setdefault(sync_engine, [])
+    driver_listeners.append(listener)
+
+    def stop() -> None:
+        event.remove(sync_engine, "before_cursor_execute", sqlalchemy_listener)
+        driver_listeners.remove(listener)
+
+    return stop
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
@@ -294,8 +326,10 @@ async def _own_connection(engine: AsyncEngine, settings: str | None) -> AsyncIte
         with anyio.CancelScope(shield=True):
             await greenlet_spawn(pooled.invalidate)  # the pool forgets it, and opens another
         raise
-    # Back to the pool, in a greenlet as the pool may close it (one beyond the pool's size):
-    # shielded, so a cancellation cannot leave the pool counting a connection it closed.
+    # Back to the pool, in a greenlet as the pool may close it (one beyond the pool's size),
+    # which is the only case that waits: shielded from the request's cancel scopes. A
+    # native cancellation then aborts that connection, and the pool counts it out anyway.
+    # (``greenlet_spawn`` is how SQLAlchemy's own asyncio layer runs pool code.)
     with anyio.CancelScope(shield=True):
         await greenlet_spawn(pooled.close)
 
@@ -312,7 +346,7 @@ async def _checkout(engine: AsyncEngine) -> PoolProxiedConnection:
             None,
             error,
             dbapi_error,
-            hide_parameters=True,
+            hide_parameters=engine.sync_engine.hide_parameters,
             connection_invalidated=engine.dialect.is_disconnect(error, None, None),
             dialect=engine.dialect,
         ) from error
@@ -458,12 +492,10 @@ async def _driver(connection: AsyncConnection) -> Any:
 
 
 def _heard(engine: AsyncEngine, sql: str, args: list[Any]) -> None:
-    """Tell the engine's listeners of a statement about to run on the driver (counted in
-    metrics, capturable in tests), as SQLAlchemy does for its own; the statement runs
-    through no SQLAlchemy ``Connection``, so they get None for it, as for the cursor."""
-    dispatch = engine.sync_engine.dispatch
-    if dispatch.before_cursor_execute:
-        dispatch.before_cursor_execute(None, None, sql, tuple(args), None, False)
+    """Tell the engine's ``on_statement`` listeners of a statement about to run on the
+    driver (counted in metrics, capturable in tests)."""
+    for listener in _DRIVER_LISTENERS.get(engine.sync_engine, ()):
+        listener(sql, tuple(args))
 
 
 def asyncpg_dsn(database_url: str) -> str:

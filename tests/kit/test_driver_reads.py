@@ -8,6 +8,7 @@ the driver's errors by SQLSTATE like SQLAlchemy's.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import asyncpg
 import httpx
@@ -19,6 +20,9 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.pool import QueuePool
 
 from fund.db import DriverQuery, UnitOfWork, driver_fetch
+from fund.deps import Resources
+from tests.conftest import Account
+from tests.helpers import statements_sent
 
 PID = DriverQuery(select(literal_column("pg_backend_pid()").label("pid")))
 DIVIDE = DriverQuery(select((literal_column("6") / bindparam("by", type_=Integer)).label("q")))
@@ -87,7 +91,7 @@ async def test_inside_a_transaction_it_reads_on_the_sessions_connection(
 
 
 SLOW_PID = DriverQuery(
-    select(literal_column("pg_backend_pid()").label("pid"), func.pg_sleep(0.3).label("slept"))
+    select(literal_column("pg_backend_pid()").label("pid"), func.pg_sleep(1).label("slept"))
 )
 
 
@@ -169,3 +173,28 @@ async def test_driver_errors_are_answered_by_sqlstate(
     assert response.status_code == status
     assert set(response.json()) == {"detail"}
     assert str(error) not in response.text
+
+
+async def test_a_sqlalchemy_listener_that_uses_its_connection_sees_only_sqlalchemys_statements(
+    client: httpx.AsyncClient, resources: Resources, admin: Account
+) -> None:
+    """Instrumentation (timing recipes, tracing libraries) listens to SQLAlchemy's
+    ``before_cursor_execute`` and uses the ``Connection`` it is promised. Statements run on
+    the driver go through none, so they are not told to it (``fund.db.on_statement`` hears
+    both): a page read on the driver stays a 200, and the statement is still counted."""
+    told: list[str] = []
+
+    def instrumentation(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        conn.info.setdefault("started", []).append(statement)  # fails on None
+        told.append(statement)
+
+    sync_engine = resources.engine.sync_engine
+    event.listen(sync_engine, "before_cursor_execute", instrumentation)
+    try:
+        with statements_sent(resources.engine) as sent:
+            response = await client.get("/api/v1/users?limit=5", headers=admin.headers)
+    finally:
+        event.remove(sync_engine, "before_cursor_execute", instrumentation)
+    assert response.status_code == 200, response.text
+    assert any(statement.startswith("SELECT users.id") for statement, _ in sent)
+    assert not any(statement.startswith("SELECT users.id") for statement in told)

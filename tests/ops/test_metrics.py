@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import event
 
 from fund.deps import Resources
 from tests.conftest import Account
+from tests.helpers import statements_sent
 
 USER_ROUTE = "/api/v1/users/{user_id}"
 
@@ -92,18 +90,10 @@ async def test_the_documentation_pages_are_counted_under_their_own_paths(
 async def test_db_queries_total_counts_every_statement(
     client: httpx.AsyncClient, resources: Resources, admin: Account
 ) -> None:
-    seen: list[str] = []
-
-    def record(*args: Any) -> None:
-        seen.append(str(args[2]))
-
     before = value(await scrape(client), "fund_db_queries_total")
-    event.listen(resources.engine.sync_engine, "before_cursor_execute", record)
-    try:
+    with statements_sent(resources.engine) as seen:
         response = await client.get("/api/v1/users", headers=admin.headers)
         assert response.status_code == 200
-    finally:
-        event.remove(resources.engine.sync_engine, "before_cursor_execute", record)
     after = value(await scrape(client), "fund_db_queries_total")
 
     assert seen, "listing users sent no SQL"

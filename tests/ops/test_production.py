@@ -119,6 +119,8 @@ def test_a_data_directory_that_is_a_file_is_refused(tmp_path: Path) -> None:
 def test_unknown_fund_variables_are_named() -> None:
     environ = ["FUND_ENV", "FUND_ACESS_TOKEN_MINUTES", "PATH", "FUND_TEST_POSTGRES_URL"]
     assert unknown_variables(environ) == ["FUND_ACESS_TOKEN_MINUTES"]
+    # Set both in the environment and in .env: named once.
+    assert unknown_variables([*environ, "FUND_ACESS_TOKEN_MINUTES"]) == ["FUND_ACESS_TOKEN_MINUTES"]
 
 
 def test_a_misspelt_variable_in_the_env_file_is_named_too(tmp_path: Path) -> None:
@@ -275,6 +277,7 @@ async def test_huge_headers_are_431(client: httpx.AsyncClient, admin: Account) -
         "redis://127.0.0.1:6379/-1",
         "redis://127.0.0.1:6379/0/1",
         "redis://127.0.0.1:6379?db=one",
+        "redis://127.0.0.1:6379/?db=",
         "unix:///run/redis.sock?db=x",
     ],
 )

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -26,7 +26,7 @@ from fund.models import Role
 from fund.users.repository import UserRepository
 from fund.users.schemas import UserFilters
 from tests.conftest import clone_database, drop_database
-from tests.helpers import prepared_plans
+from tests.helpers import prepared_plans, statements_sent
 from tests.services import PostgresServer
 
 pytestmark = pytest.mark.slow
@@ -99,18 +99,10 @@ async def page_statements(
     position: Position | None,
 ) -> list[tuple[str, Any]]:
     """What ``page_rows`` sends for this page, in order."""
-    sent: list[tuple[str, Any]] = []
-
-    def capture(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
-        sent.append((statement, parameters))
-
-    event.listen(engine.sync_engine, "before_cursor_execute", capture)
-    try:
+    with statements_sent(engine if isinstance(engine, AsyncEngine) else engine.engine) as sent:
         page = await UserRepository(work).page_rows(
             filters, limit=LIMIT, position=position, encode=lambda _: "cursor"
         )
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", capture)
     assert page.items
     assert any(s.startswith("SELECT set_config") for s, _ in sent) or filters.q is None
     return sent

@@ -17,10 +17,11 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import event, text
+from sqlalchemy import text
 
 from fund.deps import Resources
 from tests.conftest import Account
+from tests.helpers import statements_sent
 
 BASE = datetime(2025, 1, 1, tzinfo=UTC)
 ROLES = ("ADMIN", "ANALYST", "VIEWER")
@@ -325,28 +326,21 @@ async def test_recent_audit_logs_cost_the_same_statements_at_any_page_size(
             ),
             {"base": BASE},
         )
-    statements: list[str] = []
 
-    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        statements.append(statement)
-
-    async def fetch(limit: int) -> tuple[int, dict[str, Any]]:
-        statements.clear()
+    async def fetch(limit: int, sent: list[tuple[str, Any]]) -> tuple[int, dict[str, Any]]:
+        sent.clear()
         response = await client.get(
             "/api/v1/users",
             params={"limit": limit, "include": "audit_logs"},
             headers=admin.headers,
         )
         assert response.status_code == 200, response.text
-        return len(statements), response.json()
+        return len(sent), response.json()
 
-    event.listen(resources.engine.sync_engine, "before_cursor_execute", count)
-    try:
-        await fetch(1)  # warms the cached caller, so both measured requests start alike
-        small, small_page = await fetch(5)
-        large, large_page = await fetch(100)
-    finally:
-        event.remove(resources.engine.sync_engine, "before_cursor_execute", count)
+    with statements_sent(resources.engine) as statements:
+        await fetch(1, statements)  # warms the cached caller: both measured requests alike
+        small, small_page = await fetch(5, statements)
+        large, large_page = await fetch(100, statements)
 
     assert len(small_page["items"]) == 5
     assert len(large_page["items"]) == 100

@@ -45,6 +45,9 @@ from fund.users.schemas import UserFilters
 
 SCENARIOS = SCENARIO_NAMES
 DEFAULT_OUTPUT = Path("docs/benchmarks")
+FULL_USERS = 1_000_000
+FULL_AUDIT_LOGS = 10_000_000
+"""The sizes of the report the repository keeps (``DEFAULT_OUTPUT``)."""
 
 
 MIN_USERS = 100
@@ -93,12 +96,12 @@ def _database_name(text: str) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--users", type=whole_number(MIN_USERS), default=1_000_000, help="users to seed"
+        "--users", type=whole_number(MIN_USERS), default=FULL_USERS, help="users to seed"
     )
     parser.add_argument(
         "--audit-logs",
         type=whole_number(MIN_AUDIT_LOGS),
-        default=10_000_000,
+        default=FULL_AUDIT_LOGS,
         help="audit logs to seed",
     )
     parser.add_argument(
@@ -122,8 +125,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--output",
         type=Path,
         default=None,
-        help=f"report directory (default {DEFAULT_OUTPUT} for a full run; for --quick or "
-        "--only, benchmarks/ in FUND_DATA_DIR, so the report kept in the repository stays whole)",
+        help=f"report directory (default {DEFAULT_OUTPUT} for a full run at the default sizes; "
+        "otherwise benchmarks/ in FUND_DATA_DIR, so the report kept in the repository is never "
+        "replaced by a smaller one)",
     )
     parser.add_argument(
         "--repeats", type=whole_number(1), default=5, help="EXPLAIN runs per query (median)"
@@ -176,7 +180,7 @@ def run_bench(settings: Settings, args: argparse.Namespace) -> int:
     only = args.only.split(",")
     workers = [int(w) for w in args.workers.split(",")]
     if args.output is None:
-        args.output = report_directory(settings, quick=args.quick, only=only)
+        args.output = report_directory(settings, args, only=only)
     try:  # before any work: a report that cannot be written is known at once
         args.output.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=args.output):
@@ -200,13 +204,17 @@ def run_bench(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def report_directory(settings: Settings, *, quick: bool, only: Sequence[str]) -> Path:
+def report_directory(settings: Settings, args: argparse.Namespace, *, only: Sequence[str]) -> Path:
     """Where a report goes when ``--output`` is not given: ``docs/benchmarks`` for a full
-    run, the one the repository keeps; a smoke run's or a partial one's beside the other
-    local state, where it cannot replace that report with a smaller one."""
-    if quick or set(only) != set(SCENARIOS):
-        return settings.data_dir / "benchmarks"
-    return DEFAULT_OUTPUT
+    run (every scenario, at the kept report's sizes), the one the repository keeps; a smoke
+    run's, a partial one's or a smaller one's beside the other local state, where it
+    cannot replace that report."""
+    full = (
+        not args.quick
+        and set(only) == set(SCENARIOS)
+        and (args.users, args.audit_logs) == (FULL_USERS, FULL_AUDIT_LOGS)
+    )
+    return DEFAULT_OUTPUT if full else settings.data_dir / "benchmarks"
 
 
 def _log(message: str) -> None:

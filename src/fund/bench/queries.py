@@ -18,12 +18,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from fund.audit.repository import AuditRepository
 from fund.audit.schemas import Action, AuditFilters, ResourceType
-from fund.db import UnitOfWork, create_sessionmaker
+from fund.db import UnitOfWork, create_sessionmaker, on_statement
 from fund.kit.pagination import Direction, Position, rows_to_read
 from fund.models import Role
 from fund.users.repository import UserRepository
@@ -82,15 +81,14 @@ def recorded_statements(engine: AsyncEngine) -> Iterator[list[Statement]]:
     """Every statement the engine sends while the block runs, with its parameters."""
     seen: list[Statement] = []
 
-    def record(*args: Any) -> None:
-        statement, parameters = args[2], args[3]
+    def record(statement: str, parameters: Any) -> None:
         seen.append((statement, tuple(parameters or ())))
 
-    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    stop = on_statement(engine, record)
     try:
         yield seen
     finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", record)
+        stop()
 
 
 @dataclass(frozen=True)
