@@ -273,8 +273,8 @@ async def driver_fetch(
     one snapshot, so a read-only request costs one round trip and no session
     bookkeeping); or, with ``settings`` (one ``SELECT set_config(…, true)`` statement of
     planner settings), in a read-only transaction of its own whose ``BEGIN`` travels with
-    the settings in one round trip. The engine's ``before_cursor_execute`` listeners hear
-    the settings and the statement like any other: counted, and can be captured.
+    the settings in one round trip. The engine's ``on_statement`` listeners hear the
+    settings and the statement like any other: counted, and can be captured.
     """
     args = query.args(values)
     if work.in_transaction():
