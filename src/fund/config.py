@@ -248,9 +248,12 @@ def unknown_variables(environ: Iterable[str] = os.environ) -> list[str]:
     """``FUND_`` variables that are no setting: a misspelt one is otherwise silently
     ignored, and its default used."""
     known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | _OTHER_VARIABLES
-    return sorted(
-        {name for name in environ if name.upper().startswith(ENV_PREFIX)}
-        - {name for name in environ if name.upper() in known}
+    return sorted(  # a set: a name in the environment and in .env is named once
+        {
+            name
+            for name in environ
+            if name.upper().startswith(ENV_PREFIX) and name.upper() not in known
+        }
     )
 
 

@@ -23,9 +23,10 @@ class AuditLog(Base):
     timestamp: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.clock_timestamp()
     )
-    """When the entry was written, after the change it records (microseconds), so the
-    entries of one resource follow the order its changes were applied (migration 010); the
-    sort key of audit pages."""
+    """When its change was written: a user's ``updated_at`` (``created_at``) as the service
+    passes it, else when the entry is written; after any wait for the row's lock, so the
+    entries of one resource follow the order its changes were applied (migration 010).
+    Microseconds; the sort key of audit pages."""
     user_id: Mapped[int | None] = mapped_column(
         BigInteger, ForeignKey("users.id", ondelete="RESTRICT"), nullable=True
     )
