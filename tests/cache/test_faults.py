@@ -5,16 +5,26 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from fund.config import Settings
 from fund.deps import Resources
-from fund.kit.cache import FAILURES_TO_OPEN, TOMBSTONE
+from fund.kit.cache import (
+    FAILURES_TO_OPEN,
+    TOMBSTONE,
+    Cache,
+    CircuitOpen,
+    InvalidationLog,
+    create_redis,
+    key,
+)
 from fund.models import Role
 from fund.stats.service import CACHE_ID as STATS_CACHE_ID
 from fund.stats.service import CACHE_KIND as STATS_CACHE_KIND
-from tests.cache.conftest import PrivateRedis, client_for, free_port, running_app
+from fund.users.service import CACHE_KIND as USER_KIND
+from tests.cache.conftest import Keys, PrivateRedis, client_for, free_port, running_app
 from tests.cache.helpers import user_entry
 from tests.conftest import Account, make_account
 from tests.helpers import count_rows
@@ -87,7 +97,7 @@ async def test_with_redis_stopped_every_route_answers_from_postgres(
 
 
 async def test_redis_frozen_during_a_write_then_resumed_the_next_read_is_fresh(
-    cache_settings: Settings, private_redis: PrivateRedis, raw_redis: Redis
+    keys: Keys, cache_settings: Settings, private_redis: PrivateRedis, raw_redis: Redis
 ) -> None:
     settings = cache_settings.model_copy(
         update={"redis_socket_timeout": Settings.model_fields["redis_socket_timeout"].default}
@@ -99,7 +109,7 @@ async def test_redis_frozen_during_a_write_then_resumed_the_next_read_is_fresh(
         url = f"/api/v1/users/{viewer.id}"
         await client.get(url, headers=admin.headers)
         assert (await client.get(url, headers=admin.headers)).headers["x-cache"] == "hit"
-        old_entry = await user_entry(raw_redis, viewer.id)
+        old_entry = await user_entry(raw_redis, keys, viewer.id)
         assert old_entry is not None
 
         private_redis.pause()
@@ -113,17 +123,18 @@ async def test_redis_frozen_during_a_write_then_resumed_the_next_read_is_fresh(
 
         # Whether or not the frozen server ran the timed-out tombstone on waking, put the old
         # entry back: the worst case, where the failed invalidation never reached Redis.
-        await raw_redis.set(f"fund:v2:user:{viewer.id}", old_entry)
+        await raw_redis.set(keys(USER_KIND, viewer.id), old_entry)
         await asyncio.sleep(COOLDOWN * 1.5)  # past the cooldown: the next read probes Redis
 
         read = await client.get(url, headers=admin.headers)
         assert read.json()["full_name"] == "Fresh"
         assert not resources.cache.breaker_open
-        assert await user_entry(raw_redis, viewer.id) == TOMBSTONE
+        assert await user_entry(raw_redis, keys, viewer.id) == TOMBSTONE
         assert await count_rows(resources, "cache_invalidations") == 0
 
 
 async def test_a_worker_that_never_saw_redis_fail_does_not_serve_the_stale_entry(
+    keys: Keys,
     app: FastAPI,
     client: httpx.AsyncClient,
     cache_settings: Settings,
@@ -138,18 +149,18 @@ async def test_a_worker_that_never_saw_redis_fail_does_not_serve_the_stale_entry
     url = f"/api/v1/users/{viewer.id}"
     await client.get(url, headers=admin.headers)
     assert (await client.get(url, headers=admin.headers)).headers["x-cache"] == "hit"
-    stale = await user_entry(raw_redis, viewer.id)
+    stale = await user_entry(raw_redis, keys, viewer.id)
 
     async with running_app(unreachable) as worker_a, client_for(worker_a) as client_a:
         patched = await client_a.patch(url, json={"full_name": "Fresh"}, headers=admin.headers)
         assert patched.status_code == 200
 
     # The old entry is still in Redis: only the shared invalidation log protects worker B.
-    assert await user_entry(raw_redis, viewer.id) == stale
+    assert await user_entry(raw_redis, keys, viewer.id) == stale
     read = await client.get(url, headers=admin.headers)
     assert read.json()["full_name"] == "Fresh"
     assert read.headers["x-cache"] == "miss"
-    assert await user_entry(raw_redis, viewer.id) == TOMBSTONE
+    assert await user_entry(raw_redis, keys, viewer.id) == TOMBSTONE
 
 
 async def test_readyz_reports_the_outage_and_caching_resumes_by_itself(
@@ -192,6 +203,7 @@ async def test_login_throttling_works_without_redis(
 
 
 async def test_a_password_reset_where_redis_was_unreachable_ends_the_sessions_everywhere(
+    keys: Keys,
     app: FastAPI,
     client: httpx.AsyncClient,
     cache_settings: Settings,
@@ -206,7 +218,7 @@ async def test_a_password_reset_where_redis_was_unreachable_ends_the_sessions_ev
         update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"}
     )
     assert (await client.get("/api/v1/users/me", headers=viewer.headers)).status_code == 200
-    stale = await user_entry(raw_redis, viewer.id)
+    stale = await user_entry(raw_redis, keys, viewer.id)
     assert stale is not None and stale != TOMBSTONE
 
     async with running_app(unreachable) as worker_a, client_for(worker_a) as client_a:
@@ -217,13 +229,13 @@ async def test_a_password_reset_where_redis_was_unreachable_ends_the_sessions_ev
         )
         assert reset.status_code == 200
 
-    assert await user_entry(raw_redis, viewer.id) == stale
+    assert await user_entry(raw_redis, keys, viewer.id) == stale
     refused = await client.get("/api/v1/users/me", headers=viewer.headers)
     assert refused.status_code == 401
 
 
 async def test_statistics_rebuilt_in_an_outage_do_not_go_back_in_time_when_redis_returns(
-    cache_settings: Settings, private_redis: PrivateRedis, raw_redis: Redis
+    keys: Keys, cache_settings: Settings, private_redis: PrivateRedis, raw_redis: Redis
 ) -> None:
     """Redis keeps its copy from before the outage (frozen, not restarted); a worker that
     had none rebuilt newer figures meanwhile. Once Redis answers again, that worker serves
@@ -234,7 +246,7 @@ async def test_statistics_rebuilt_in_an_outage_do_not_go_back_in_time_when_redis
     async with running_app(settings) as first, client_for(first) as client:
         admin = await make_account(first.state.resources, Role.ADMIN)
         before = await client.get(STATS, headers=admin.headers)  # built, and published
-    assert await raw_redis.get(STATS_KEY) == before.content
+    assert await raw_redis.get(keys(STATS_CACHE_KIND, STATS_CACHE_ID)) == before.content
 
     async with running_app(settings) as application, client_for(application) as client:
         resources: Resources = application.state.resources
@@ -246,15 +258,38 @@ async def test_statistics_rebuilt_in_an_outage_do_not_go_back_in_time_when_redis
             private_redis.resume()
         assert resources.cache.breaker_open
         assert during.json()["users"]["total"] == before.json()["users"]["total"] + 1
-        assert await raw_redis.get(STATS_KEY) == before.content  # Redis still holds the old one
+        assert (
+            await raw_redis.get(keys(STATS_CACHE_KIND, STATS_CACHE_ID)) == before.content
+        )  # Redis still holds the old one
 
         await asyncio.sleep(COOLDOWN * 1.5)  # past the cooldown: the next read probes Redis
         after = await client.get(STATS, headers=admin.headers)
 
         assert after.json() == during.json()
         assert not resources.cache.breaker_open
-        assert await raw_redis.get(STATS_KEY) == during.content
+        assert await raw_redis.get(keys(STATS_CACHE_KIND, STATS_CACHE_ID)) == during.content
 
 
 STATS = "/api/v1/stats"
-STATS_KEY = f"fund:v2:{STATS_CACHE_KIND}:{STATS_CACHE_ID}"
+
+
+async def test_until_postgresql_names_the_database_redis_is_not_used(
+    private_redis: PrivateRedis, raw_redis: Redis
+) -> None:
+    """The keys name the database; a process that could not read its name yet serves
+    without the cache rather than guess a prefix, and asks again after the cooldown."""
+    dead = InvalidationLog(f"postgresql://postgres@127.0.0.1:{free_port()}/fund", timeout=0.5)
+    cache = Cache(create_redis(private_redis.url, 0.5), cooldown=60, invalidation_log=dead)
+    try:
+        await raw_redis.set(key("any", "user", 1), b"0 {}")
+
+        assert await cache.get("user", 1) is None
+        assert await cache.replace("stats", "global", b"{}", 60) is False
+        with pytest.raises(CircuitOpen):
+            await cache.incr_window("login_failures", "x", 60)
+
+        assert cache.calls == 0
+        assert cache.database is None
+        assert await raw_redis.dbsize() == 1
+    finally:
+        await cache.close()

@@ -12,8 +12,8 @@ from redis.asyncio import Redis
 
 from fund.config import Settings
 from fund.deps import Resources
-from fund.stats.service import StatsService
-from tests.cache.conftest import PrivateRedis, client_for, running_app
+from fund.stats.service import CACHE_ID, CACHE_KIND, StatsService
+from tests.cache.conftest import Keys, PrivateRedis, client_for, running_app
 from tests.cache.helpers import metric
 from tests.conftest import Account
 
@@ -67,7 +67,7 @@ async def test_a_cold_stats_key_is_rebuilt_once_under_concurrent_requests(
 async def _queries_of_one_rebuild(client: httpx.AsyncClient, analyst: Account) -> float:
     app: FastAPI = client._transport.app  # type: ignore[attr-defined]
     redis = app.state.resources.cache.redis
-    await redis.delete("fund:v2:stats:global")
+    await redis.delete(app.state.resources.cache.key(CACHE_KIND, CACHE_ID))
     before = await db_queries(client)
     assert (await client.get("/api/v1/stats", headers=analyst.headers)).headers["x-cache"] == "miss"
     return await db_queries(client) - before
@@ -105,9 +105,9 @@ async def test_two_workers_share_one_rebuild_through_redis(
 
 
 async def test_a_rebuild_that_outlived_its_lock_leaves_the_next_holders_lock_alone(
-    resources: Resources, raw_redis: Redis
+    keys: Keys, resources: Resources, raw_redis: Redis
 ) -> None:
-    lock = "fund:v2:lock:probe:1"
+    lock = keys("lock", "probe:1")
 
     async def slow_build() -> bytes:
         # As if this build ran past LOCK_MS: the lock expired and another process took it.
@@ -120,11 +120,13 @@ async def test_a_rebuild_that_outlived_its_lock_leaves_the_next_holders_lock_alo
     assert await raw_redis.get(lock) == b"another process's token"
 
 
-async def test_a_rebuild_releases_its_own_lock(resources: Resources, raw_redis: Redis) -> None:
+async def test_a_rebuild_releases_its_own_lock(
+    keys: Keys, resources: Resources, raw_redis: Redis
+) -> None:
     async def build() -> bytes:
-        assert await raw_redis.get("fund:v2:lock:probe:2") is not None
+        assert await raw_redis.get(keys("lock", "probe:2")) is not None
         return b"{}"
 
     await resources.cache.get_or_build("probe", 2, 60, build)
 
-    assert await raw_redis.get("fund:v2:lock:probe:2") is None
+    assert await raw_redis.get(keys("lock", "probe:2")) is None

@@ -418,7 +418,7 @@ async def _http_scenarios(
             if index == 0 and "cache" in only:
                 _log("cache: miss against hit")
                 run.cache = await http.cache_scenario(
-                    server.port, token, ids[: args.cache_samples], redis_url
+                    server.port, token, ids[: args.cache_samples], redis_url, database_url
                 )
             if index == 0 and "export" in only:
                 _log("export: rows/s and server memory")

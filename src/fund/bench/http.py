@@ -252,14 +252,20 @@ def _percentile(values: Sequence[float], q: int) -> float:
 
 
 async def cache_scenario(
-    port: int, token: str, user_ids: Sequence[int], redis_url: str
+    port: int, token: str, user_ids: Sequence[int], redis_url: str, database_url: str
 ) -> CacheResult:
     """Each id read twice on one keep-alive connection: first from PostgreSQL, then Redis."""
     from redis.asyncio import Redis
 
-    from fund.kit.cache import key
+    from fund.db import asyncpg_dsn
+    from fund.kit.cache import InvalidationLog, key
     from fund.users.service import CACHE_KIND
 
+    names = InvalidationLog(asyncpg_dsn(database_url))
+    try:
+        database = await names.database()  # as the server names its keys
+    finally:
+        await names.close()
     redis = Redis.from_url(redis_url)
     connection = await HttpConnection(HOST, port).open()
     headers = {"Authorization": f"Bearer {token}"}
@@ -268,7 +274,7 @@ async def cache_scenario(
     labels_ok = True
     try:
         # A cold key for every id: these keys live in the bench's own Redis database.
-        await redis.delete(*(key(CACHE_KIND, i) for i in user_ids))
+        await redis.delete(*(key(database, CACHE_KIND, i) for i in user_ids))
         for user_id in user_ids:
             for expected, into in (("miss", misses), ("hit", hits)):
                 started = time.perf_counter()

@@ -16,8 +16,10 @@ Rules, in one place (the reasoning is in docs/CACHING.md):
   including one that never saw Redis fail, serves an entry older than a write
   that returned.
 
-Keys are ``fund:v2:<kind>:<id>``: namespaced and versioned. One read takes two keys (an
-``MGET``, ``Cache.get_many``), in different hash slots: one Redis server, not a Cluster.
+Keys are ``fund:v2:<database>:<kind>:<id>``: versioned, and named after the PostgreSQL
+database they cache (``InvalidationLog.database``), so two deployments that share a Redis
+database never read each other's entries. One read takes two keys (an ``MGET``,
+``Cache.get_many``), in different hash slots: one Redis server, not a Cluster.
 """
 
 from __future__ import annotations
@@ -82,8 +84,19 @@ return 0
 """
 
 
-def key(kind: str, ident: str | int) -> str:
-    return f"{NAMESPACE}:{kind}:{ident}"
+def prefix(database: str) -> str:
+    """What every key of the deployment whose database is ``database`` starts with."""
+    return f"{NAMESPACE}:{database}:"
+
+
+def key(database: str, kind: str, ident: str | int) -> str:
+    """The Redis key of one entry of the deployment whose database is ``database``."""
+    return f"{prefix(database)}{kind}:{ident}"
+
+
+def entry_name(kind: str, ident: str | int) -> str:
+    """An entry as the invalidation log and ``Cache.pending`` name it: within its database."""
+    return f"{kind}:{ident}"
 
 
 def create_redis(url: str, socket_timeout: float) -> Redis:
@@ -140,6 +153,14 @@ class InvalidationLog:
     its statements never count against a request's queries.
     """
 
+    DATABASE = (
+        "SELECT to_hex(system_identifier) || '.' || d.oid FROM pg_control_system(), pg_database d"
+        " WHERE d.datname = current_database()"
+    )
+    """What tells this database from any other a Redis database may be shared with: the
+    cluster's system identifier (set by ``initdb``, so a restored dump differs) and the
+    database's oid within it. Any role may read both."""
+
     def __init__(self, dsn: str, *, timeout: float = 2.0) -> None:
         self.dsn = dsn
         self.timeout = timeout
@@ -164,13 +185,19 @@ class InvalidationLog:
         if conn is not None and not conn.is_closed():
             conn.terminate()
 
-    async def record(self, cache_key: str) -> None:
+    async def database(self) -> str:
+        """This database's name in the cache's keys (``DATABASE``)."""
+        name: str = await self._run(lambda c: c.fetchval(self.DATABASE))
+        return name
+
+    async def record(self, entry: str) -> None:
+        """An entry (``entry_name``) whose invalidation did not reach Redis."""
         await self._run(
-            lambda c: c.execute("INSERT INTO cache_invalidations (key) VALUES ($1)", cache_key)
+            lambda c: c.execute("INSERT INTO cache_invalidations (key) VALUES ($1)", entry)
         )
 
     async def fetch(self) -> dict[str, int]:
-        """Each recorded key with the newest row id that names it."""
+        """Each recorded entry with the newest row id that names it."""
         rows = await self._run(
             lambda c: c.fetch("SELECT key, max(id) AS id FROM cache_invalidations GROUP BY key")
         )
@@ -202,13 +229,20 @@ class Cache:
         cooldown: float = 2.0,
         invalidation_log: InvalidationLog | None = None,
         lease: float = TRUST_LEASE,
+        database: str | None = None,
     ) -> None:
         self.redis = redis
         self.cooldown = cooldown
         self.invalidation_log = invalidation_log
         self.lease = lease
+        self.database = database
+        """The database named in every key: given, or read once through the invalidation
+        log; until it is known, Redis is not used (every read is a miss, every write goes
+        to the log). Without a log and not given: ``local``, for a cache of one database."""
+        if database is None and invalidation_log is None:
+            self.database = "local"
         self.pending: dict[str, int | None] = {}
-        """Tombstones to write before Redis is read again: key -> log row id (None: local)."""
+        """Tombstones to write before Redis is read again: entry -> log row id (None: local)."""
         self.calls = 0
         """Redis calls attempted: a breaker that works keeps this still while Redis is down."""
         self._open_until = 0.0  # 0: closed; else the breaker is open until then
@@ -216,6 +250,7 @@ class Cache:
         self._probing = False
         self._trusted_since = -math.inf
         self._log_retry_at = 0.0
+        self._database_retry_at = 0.0
         self._log_lock = asyncio.Lock()
         self._flush_lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(MAX_REDIS_CALLS)
@@ -236,9 +271,39 @@ class Cache:
         """False while the breaker is open and not yet due for a probe (or with no Redis)."""
         return self.redis is not None and time.monotonic() >= self._open_until
 
+    def key(self, kind: str, ident: str | int) -> str:
+        """The Redis key of an entry; only once ``database`` is known (``_call`` sees to it)."""
+        assert self.database is not None
+        return key(self.database, kind, ident)
+
+    async def _known_database(self) -> bool:
+        """Whether the database the keys name is known, reading it once if need be; a
+        failure is retried no sooner than ``cooldown`` later (PostgreSQL is not hammered)."""
+        if self.database is not None:
+            return True
+        log_ = self.invalidation_log
+        assert log_ is not None
+        async with self._log_lock:
+            started = time.monotonic()
+            if self.database is not None:
+                return True
+            if started < self._database_retry_at:
+                return False
+            try:
+                self.database = await log_.database()
+            except Exception as exc:
+                log.warning("cache_database_unknown", error=type(exc).__name__)
+                self._database_retry_at = started + self.cooldown
+                return False
+            log.info("cache_keys", prefix=prefix(self.database))
+            return True
+
     async def _call(self, op: Callable[[Redis], Awaitable[T]]) -> T:
         redis = self.redis
         if redis is None:
+            raise CircuitOpen
+        if self.database is None and not await self._known_database():
+            metrics.CACHE_ERRORS.inc()
             raise CircuitOpen
         probe = False
         if self._open_until:
@@ -279,16 +344,17 @@ class Cache:
             written = dict(self.pending)
             if not written:
                 return
-            keys = list(written)
+            names = list(written)
+            start_of_key = prefix(cast("str", self.database))
             # In batches: after a long outage, one huge pipeline could outlast the socket timeout.
-            for start in range(0, len(keys), FLUSH_BATCH):
+            for start in range(0, len(names), FLUSH_BATCH):
                 pipe = redis.pipeline(transaction=False)
-                for k in keys[start : start + FLUSH_BATCH]:
-                    pipe.set(k, TOMBSTONE, px=TOMBSTONE_MS)
+                for name in names[start : start + FLUSH_BATCH]:
+                    pipe.set(start_of_key + name, TOMBSTONE, px=TOMBSTONE_MS)
                 await pipe.execute()
-                for k in keys[start : start + FLUSH_BATCH]:
-                    if self.pending.get(k, written[k]) == written[k]:  # not failed again since
-                        self.pending.pop(k, None)
+                for name in names[start : start + FLUSH_BATCH]:
+                    if self.pending.get(name, written[name]) == written[name]:  # not failed since
+                        self.pending.pop(name, None)
             log.info("cache_pending_invalidations_flushed", count=len(written))
         recorded = {k: row for k, row in written.items() if row is not None}
         if recorded and self.invalidation_log is not None:
@@ -340,9 +406,9 @@ class Cache:
         The client is a plain one, whose keys live on one server, not a Cluster client."""
         if not self.available or not await self._trusted():
             return [None] * len(idents)
-        keys = [key(kind, ident) for ident in idents]
 
         async def op(r: Redis) -> list[bytes | None]:
+            keys = [self.key(kind, ident) for ident in idents]
             if len(keys) == 1:
                 return [cast("bytes | None", await r.get(keys[0]))]
             return cast("list[bytes | None]", await r.mget(keys))
@@ -378,7 +444,9 @@ class Cache:
             try:
                 await self._call(
                     lambda r: populate(
-                        keys=[key(kind, ident)], args=[value, ttl * 1000, deadline_ms], client=r
+                        keys=[self.key(kind, ident)],
+                        args=[value, ttl * 1000, deadline_ms],
+                        client=r,
                     )
                 )
             except CircuitOpen:
@@ -389,7 +457,9 @@ class Cache:
         """Write a freshly rebuilt value (single-flight rebuilds, not row reads); whether
         Redis took it."""
         try:
-            await self._call(lambda r: r.set(key(kind, ident), value, px=max(1, int(ttl * 1000))))
+            await self._call(
+                lambda r: r.set(self.key(kind, ident), value, px=max(1, int(ttl * 1000)))
+            )
         except CircuitOpen:
             return False
         return True
@@ -398,18 +468,18 @@ class Cache:
         """Called after commit; returns only once no process can serve the old entry."""
         if self.redis is None:
             return
-        k = key(kind, ident)
         try:
-            await self._call(lambda r: r.set(k, TOMBSTONE, px=TOMBSTONE_MS))
+            await self._call(lambda r: r.set(self.key(kind, ident), TOMBSTONE, px=TOMBSTONE_MS))
             return
         except CircuitOpen:
-            self.pending.setdefault(k, None)
+            name = entry_name(kind, ident)
+            self.pending.setdefault(name, None)
         if self.invalidation_log is None:
             return
-        log.warning("cache_invalidation_deferred", key=k)
+        log.warning("cache_invalidation_deferred", entry=name)
         # If PostgreSQL fails here too, this raises: the unit of work logs it (the change is
-        # committed and answered as done) and this process keeps the key in ``pending``.
-        await self.invalidation_log.record(k)
+        # committed and answered as done) and this process keeps the entry in ``pending``.
+        await self.invalidation_log.record(name)
         # Every process that read the log before the record stops trusting Redis by then.
         await asyncio.sleep(self.lease + LEASE_MARGIN)
 
@@ -420,7 +490,7 @@ class Cache:
 
         Single flight: one rebuild at a time per key, in this process and across processes.
         """
-        k = key(kind, ident)
+        k = entry_name(kind, ident)
         kept = self._kept.get(k)
         now = time.monotonic()
         # Rebuilt while Redis did not answer, so newer than what Redis may still hold from
@@ -491,7 +561,7 @@ class Cache:
     async def _lock(self, kind: str, ident: str | int, token: bytes) -> bool:
         try:
             got: Any = await self._call(
-                lambda r: r.set(key("lock", f"{kind}:{ident}"), token, px=LOCK_MS, nx=True)
+                lambda r: r.set(self.key("lock", f"{kind}:{ident}"), token, px=LOCK_MS, nx=True)
             )
         except CircuitOpen:
             return True  # no Redis to coordinate through: this process rebuilds alone
@@ -505,7 +575,9 @@ class Cache:
             return
         try:
             await self._call(
-                lambda r: release(keys=[key("lock", f"{kind}:{ident}")], args=[token], client=r)
+                lambda r: release(
+                    keys=[self.key("lock", f"{kind}:{ident}")], args=[token], client=r
+                )
             )
         except CircuitOpen:
             pass
@@ -517,9 +589,9 @@ class Cache:
 
         Raises CircuitOpen when Redis is unavailable.
         """
-        k = key(kind, ident)
 
         async def op(r: Redis) -> tuple[int, int]:
+            k = self.key(kind, ident)
             pipe = r.pipeline(transaction=True)
             pipe.incr(k)
             pipe.expire(k, window_seconds, nx=True)
@@ -531,7 +603,7 @@ class Cache:
 
     async def delete(self, kind: str, ident: str) -> None:
         try:
-            await self._call(lambda r: r.delete(key(kind, ident)))
+            await self._call(lambda r: r.delete(self.key(kind, ident)))
         except CircuitOpen:
             pass
 
