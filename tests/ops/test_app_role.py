@@ -11,9 +11,11 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import asyncpg
 import httpx
 from alembic import command
 from redis.asyncio import Redis
+from structlog.testing import capture_logs
 
 from fund.config import Settings
 from fund.db import alembic_config
@@ -86,3 +88,31 @@ async def test_every_route_works_as_the_documented_application_role(
         fresh = await client.get(url, headers=admin.headers)
         assert (fresh.json()["full_name"], fresh.headers["x-cache"]) == ("Renamed", "miss")
         assert await count_rows(resources, "cache_invalidations") == 0
+
+
+async def test_the_cache_works_where_the_server_keeps_its_system_identifier_to_itself(
+    settings: Settings, redis: Redis, postgres: PostgresServer, database: str, app_role: str
+) -> None:
+    """Keys name the database by the cluster's system identifier where the role may read it
+    (docs/CACHING.md); a server that revokes ``pg_control_system()`` gets the database's
+    oid and name instead, and the cache still serves hits."""
+    owner = await asyncpg.connect(postgres.dsn(database))
+    try:
+        await owner.execute("REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC")
+    finally:
+        await owner.close()
+    as_role = settings.model_copy(update={"database_url": postgres.url(database, user=app_role)})
+
+    async with serving(as_role) as (resources, client):
+        admin = await make_account(resources, Role.ADMIN)
+        url = f"/api/v1/users/{admin.id}"
+        with capture_logs() as logged:
+            reads = [await client.get(url, headers=admin.headers) for _ in range(3)]
+
+    assert [r.status_code for r in reads] == [200, 200, 200]
+    assert [r.headers["x-cache"] for r in reads] == ["miss", "hit", "hit"]
+    assert resources.cache.database is not None
+    assert resources.cache.database.startswith("db.")
+    assert [e["error"] for e in logged if e["event"] == "cache_keys_without_system_identifier"] == [
+        "InsufficientPrivilegeError"
+    ]

@@ -159,7 +159,14 @@ class InvalidationLog:
     )
     """What tells this database from any other a Redis database may be shared with: the
     cluster's system identifier (set by ``initdb``, so a restored dump differs) and the
-    database's oid within it. Any role may read both."""
+    database's oid within it. Any role may read both, unless the server revokes
+    ``pg_control_system()`` (some managed services may): then ``DATABASE_ALONE``."""
+    DATABASE_ALONE = (
+        "SELECT 'db.' || d.oid || '.' || left(md5(d.datname), 8) FROM pg_database d"
+        " WHERE d.datname = current_database()"
+    )
+    """The database's oid and name alone: two servers can hold a database of one name and
+    oid, so then only a Redis database of its own keeps a deployment apart."""
 
     def __init__(self, dsn: str, *, timeout: float = 2.0) -> None:
         self.dsn = dsn
@@ -187,7 +194,11 @@ class InvalidationLog:
 
     async def database(self) -> str:
         """This database's name in the cache's keys (``DATABASE``)."""
-        name: str = await self._run(lambda c: c.fetchval(self.DATABASE))
+        try:
+            name: str = await self._run(lambda c: c.fetchval(self.DATABASE))
+        except (asyncpg.InsufficientPrivilegeError, asyncpg.UndefinedFunctionError) as exc:
+            log.warning("cache_keys_without_system_identifier", error=type(exc).__name__)
+            name = await self._run(lambda c: c.fetchval(self.DATABASE_ALONE))
         return name
 
     async def record(self, entry: str) -> None:
