@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from structlog.testing import capture_logs
 
 from fund.kit.request_context import SHUTTING_DOWN, RequestContextMiddleware
 
@@ -63,15 +64,23 @@ async def test_a_request_cancelled_by_the_shutdown_timeout_gets_a_503_to_retry()
     assert orjson.loads(body["body"]) == {"detail": SHUTTING_DOWN}
 
 
-async def test_a_cancelled_request_whose_answer_had_begun_stays_cancelled() -> None:
+async def test_a_cancelled_request_whose_answer_had_begun_ends_incomplete_in_one_line() -> None:
+    """An export under way when the shutdown times out: nothing more can be said on its
+    started answer, and above all not its end, or the client would take the cut body for
+    the whole. The cancellation stops here (one warning), not in uvicorn's traceback."""
     begun = asyncio.Event()
 
     async def streaming(_scope: Scope, _receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"line 1\n", "more_body": True})
         begun.set()
         await asyncio.Event().wait()
 
-    cancelled, sent = await cancelled_midway(streaming, begun)
+    with capture_logs() as logged:
+        cancelled, sent = await cancelled_midway(streaming, begun)
 
-    assert cancelled  # nothing more can be said on a started answer
-    assert [m["type"] for m in sent] == ["http.response.start"]
+    assert not cancelled
+    assert [m.get("more_body") for m in sent] == [None, True]  # never a last body message
+    warnings = [e for e in logged if e["log_level"] == "warning"]
+    assert [(e["event"], e["response_started"]) for e in warnings] == [("request_cancelled", True)]
+    assert [e["interrupted"] for e in logged if e["event"] == "request"] == [True]

@@ -185,3 +185,33 @@ def test_a_line_is_written_whatever_its_values(capsys: pytest.CaptureFixture[str
     assert odd["amount"] == "Decimal('1.50')"
     assert plain["error"] == "ValueError('boom')"
     assert plain["token"] == "[redacted]"
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["console", "json"])
+def test_a_logged_traceback_shows_no_frame_locals(
+    capsys: pytest.CaptureFixture[str], as_json: bool
+) -> None:
+    """A frame's locals are where passwords and tokens live; the redaction sees an event's
+    keys, not a traceback's frames. The development console's renderer would print them
+    (rich's default), for our errors and for uvicorn's alike."""
+    config, root = structlog.get_config(), logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+
+    def sign_in(password: str) -> None:
+        raise RuntimeError("bad")
+
+    try:
+        configure_logging(json=as_json)
+        capsys.readouterr()
+        for log in (structlog.get_logger("test").exception, logging.getLogger("uvicorn").exception):
+            try:
+                sign_in(NEW_PASSWORD)
+            except RuntimeError:
+                log("failed")
+    finally:
+        structlog.configure(**config)
+        root.handlers[:], root.level = handlers, level
+
+    err = capsys.readouterr().err
+    assert err.count("RuntimeError: bad") == 2, err
+    assert NEW_PASSWORD not in err

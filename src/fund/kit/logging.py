@@ -104,7 +104,11 @@ def configure_logging(*, json: bool, level: str = "INFO") -> None:
     renderer: Any = (
         structlog.processors.JSONRenderer(serializer=_json)
         if json
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        # Plain tracebacks: rich's default prints every frame's locals, and a frame's locals
+        # are where passwords and tokens live (the redaction sees event keys, not frames).
+        else structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
     )
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
@@ -114,7 +118,11 @@ def configure_logging(*, json: bool, level: str = "INFO") -> None:
         cache_logger_on_first_use=False,
     )
     # Route the standard library (uvicorn, alembic, sqlalchemy warnings) through the same renderer.
-    formatter = structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processor=renderer)
+    # Their exceptions rendered as ours are: a traceback in one string (uvicorn's "Exception in
+    # ASGI application" was a bare repr of the exc_info tuple in the JSON lines).
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, structlog.processors.format_exc_info], processor=renderer
+    )
     handler = _StderrHandler()
     handler.setFormatter(formatter)
     root = logging.getLogger()

@@ -182,10 +182,17 @@ class RequestContextMiddleware:
             # time (FUND_SHUTDOWN_TIMEOUT). The work was rolled back on the way out; the
             # client is told to retry (on another instance), rather than given the
             # plain-text 500 uvicorn sends for a task that ends in an exception.
-            if answer.started:
-                raise
-            error_log.warning("request_cancelled", reason="shutdown timeout")
-            await _send_error(answer.send, 503, SHUTTING_DOWN, retry_after=1)
+            error_log.warning(
+                "request_cancelled", reason="shutdown timeout", response_started=answer.started
+            )
+            if not answer.started:
+                await _send_error(answer.send, 503, SHUTTING_DOWN, retry_after=1)
+            else:
+                # A body under way (an export) stays incomplete: uvicorn closes the
+                # connection, so the client sees a cut transfer, never a finished one. The
+                # cancellation ends here, with this task, rather than in uvicorn's
+                # "Exception in ASGI application" and a traceback of every frame.
+                interrupted = True
         except Exception as error:
             if head and answer.body_sent and isinstance(error, _HeadAnswered | ClientDisconnect):
                 return  # the HEAD was answered; the streamed body behind it was stopped
