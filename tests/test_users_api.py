@@ -340,6 +340,56 @@ async def test_malformed_bodies_are_4xx_never_500(
     assert isinstance(response.json()["detail"], list)
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "content"),
+    [
+        (
+            "POST",
+            USERS,
+            b'{"email": "twice@example.com", "password": "long-enough-pass",'
+            b' "full_name": "Twice", "role": "VIEWER", "role": "ADMIN"}',
+        ),
+        ("PATCH", "/api/v1/users/{viewer}", b'{"role": "VIEWER", "role": "ADMIN"}'),
+        ("PATCH", "/api/v1/users/me", b'{"full_name": "A", "full_name": "B"}'),
+        (
+            "POST",
+            USERS,
+            b'{"email": "twice@example.com", "password": "long-enough-pass",'
+            b' "full_name": "Twice", "x": {"a": 1, "a": 2}}',
+        ),
+    ],
+    ids=["create", "patch", "self-update", "nested"],
+)
+async def test_a_json_key_given_twice_is_422_and_changes_nothing(
+    client: httpx.AsyncClient,
+    admin: Account,
+    viewer: Account,
+    resources: Resources,
+    method: str,
+    path: str,
+    content: bytes,
+) -> None:
+    """Python's parser keeps the last of two ``role`` keys; a proxy or an audit tool that
+    reads the same bytes may keep the first. Refused, as a repeated form field is."""
+    users_before = await count_rows(resources, "users")
+    entries_before = await count_rows(resources, "audit_logs")
+
+    response = await client.request(
+        method,
+        path.format(viewer=viewer.id),
+        content=content,
+        headers={**admin.headers, "Content-Type": "application/json"},
+    )
+
+    assert response.status_code == 422, response.text
+    repeated = [e for e in response.json()["detail"] if e["type"] == "repeated"]
+    assert [e["msg"] for e in repeated] == ["Give this field once"]
+    assert await count_rows(resources, "users") == users_before
+    assert await count_rows(resources, "audit_logs") == entries_before
+    me = await client.get(f"/api/v1/users/{viewer.id}", headers=admin.headers)
+    assert me.json()["role"] == "VIEWER"
+
+
 # -- read ----------------------------------------------------------------------------------------
 
 
@@ -894,3 +944,12 @@ async def test_a_new_user_was_updated_when_it_was_created_to_the_microsecond(
     )
     at = datetime.fromisoformat
     assert at(changed.json()["updated_at"]) > at(created["created_at"])
+
+
+async def test_a_repeated_json_key_without_a_token_is_401(client: httpx.AsyncClient) -> None:
+    response = await client.patch(
+        "/api/v1/users/me",
+        content=b'{"full_name": "A", "full_name": "B"}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 401

@@ -18,6 +18,7 @@ from fund.auth.service import authenticate
 from fund.deps import AnonymousActorDep, refuse_query_not_taken, resources_of, user_service_of
 from fund.errors import Forbidden
 from fund.kit import request_context
+from fund.kit.params import refuse_repeated_json_keys
 from fund.models import Role
 from fund.users.schemas import UserRead
 
@@ -51,6 +52,7 @@ class Caller(OAuth2PasswordBearer):
         if self.roles and caller.user.role not in self.roles:
             raise Forbidden
         refuse_query_not_taken(request)
+        await refuse_repeated_json_keys(request)
         return caller.user
 
 

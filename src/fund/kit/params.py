@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
+from starlette.exceptions import HTTPException
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -142,6 +144,46 @@ def repeated_fields(
         for name, count in Counter(name for name, _ in items).items()
         if count > 1
     ]
+
+
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+async def refuse_repeated_json_keys(request: Request) -> None:
+    """A JSON body that names a key twice in one object is refused (422), as a query
+    parameter or a form field given twice is: Python's parser keeps the last one
+    (``{"role": "VIEWER", "role": "ADMIN"}`` made an ADMIN), while a proxy, a firewall or
+    an audit tool reading the same bytes may keep the first.
+
+    Called once the caller may use the route (``fund.auth``), as the query check is, so a
+    request without a token is a 401 first. FastAPI has read the body by then and the
+    request keeps it; should a route not have, a read that fails is answered as FastAPI
+    answers its own (the size limit's 413 as it is, anything else as its 400). A body that
+    is not JSON is left to FastAPI.
+    """
+    if request.method not in _BODY_METHODS:
+        return
+    content_type = request.headers.get("content-type")
+    if content_type is not None and "json" not in content_type.lower():
+        return
+    try:
+        body = await request.body()
+    except HTTPException:
+        raise
+    except Exception as error:
+        raise HTTPException(400, "There was an error parsing the body") from error
+    errors: list[dict[str, Any]] = []
+
+    def object_of(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        errors.extend(repeated_fields(pairs, where="body"))
+        return dict(pairs)
+
+    try:
+        json.loads(body, object_pairs_hook=object_of)
+    except (ValueError, RecursionError):
+        return
+    if errors:
+        raise RequestValidationError(errors)
 
 
 def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
