@@ -183,6 +183,41 @@ async def test_010_stamps_rows_when_they_are_written_not_when_the_transaction_be
         await conn.close()
 
 
+@pytest.mark.parametrize(
+    "at",
+    ["4000-01-01 00:00:00 BC", "infinity", "-infinity", "0001-01-01 00:30:00+01", "10000-01-01+00"],
+)
+async def test_011_refuses_times_the_service_cannot_show(
+    postgres: PostgresServer, empty_database: str, at: str
+) -> None:
+    """Python's datetime holds years 1 to 9999: a row beyond (written outside the API) made
+    every page that reached it a 500."""
+    await migrate(postgres, empty_database, "upgrade", "head")
+    conn = await asyncpg.connect(postgres.dsn(empty_database))
+    try:
+        for edge in ("0001-01-01 00:00:00+00", "9999-12-31 23:59:59.999999+00"):  # both kept
+            await conn.execute(
+                "INSERT INTO users (email, hashed_password, created_at, updated_at)"
+                " VALUES ($1, 'x', $2::text::timestamptz, $2::text::timestamptz)",
+                f"{edge[:4]}@example.com",
+                edge,
+            )
+        with pytest.raises(asyncpg.CheckViolationError, match="ck_users_times_in_range"):
+            await conn.execute(
+                "INSERT INTO users (email, hashed_password, created_at)"
+                " VALUES ('bc@example.com', 'x', $1::text::timestamptz)",
+                at,
+            )
+        with pytest.raises(asyncpg.CheckViolationError, match="ck_audit_logs_timestamp_in_range"):
+            await conn.execute(
+                'INSERT INTO audit_logs (action, resource_type, resource_id, "timestamp")'
+                " VALUES ('LOGIN', 'user', '1', $1::text::timestamptz)",
+                at,
+            )
+    finally:
+        await conn.close()
+
+
 async def test_processes_migrating_one_database_at_once_take_turns(
     postgres: PostgresServer, empty_database: str
 ) -> None:
