@@ -692,3 +692,50 @@ async def test_an_analyst_lists_users_without_their_audit_entries(
     assert plain.status_code == 200
     assert allowed.status_code == 200
     assert all("recent_audit_logs" in user for user in allowed.json()["items"])
+
+
+NFC_PASSWORD = "p\u00e4ssw\u00f6rd-1234"  # "pässwörd-1234", each accent one code point
+NFD_PASSWORD = "pa\u0308sswo\u0308rd-1234"  # the same, each accent a combining mark
+
+
+async def test_a_password_signs_in_however_its_accents_are_encoded(
+    client: httpx.AsyncClient, resources: Resources
+) -> None:
+    """macOS and iOS may send an accent as a letter and a combining mark; another keyboard
+    as one code point. Passwords are hashed in NFKC (NIST SP 800-63B), so both sign in."""
+    assert NFD_PASSWORD != NFC_PASSWORD
+    made_nfc = await make_account(resources, password=NFC_PASSWORD)
+    made_nfd = await make_account(resources, password=NFD_PASSWORD)
+
+    for account in (made_nfc, made_nfd):
+        for typed in (NFC_PASSWORD, NFD_PASSWORD):
+            assert (await login(client, account.user.email, typed)).status_code == 200
+    fullwidth = await make_account(resources, password="\uff30\uff41\uff53\uff53-word-12")
+    assert (await login(client, fullwidth.user.email, "Pass-word-12")).status_code == 200
+    assert (await login(client, made_nfc.user.email, "passwörd-1234")).status_code == 401
+
+
+def test_a_hash_made_before_normalisation_still_verifies_as_typed() -> None:
+    legacy = security._hasher.hash(NFD_PASSWORD)  # as hash_password made it before NFKC
+
+    assert security.verify_password(NFD_PASSWORD, legacy)
+    assert not security.verify_password("pa\u0308sswo\u0308rd-1235", legacy)
+    assert not security.verify_password(NFD_PASSWORD, None)
+
+
+async def test_a_password_is_measured_as_it_is_hashed(
+    client: httpx.AsyncClient, resources: Resources
+) -> None:
+    """Twelve code points, ten characters once each accent joins its letter: too short."""
+    admin = await make_account(resources, Role.ADMIN)
+    decomposed = "a\u0301" * 2 + "bcdefghi"  # 10 code points in NFKC
+    assert len(decomposed) == 12
+
+    created = await client.post(
+        "/api/v1/users",
+        json={"email": "short@example.com", "password": decomposed, "full_name": "Short"},
+        headers=admin.headers,
+    )
+
+    assert created.status_code == 422
+    assert created.json()["detail"][0]["loc"] == ["body", "password"]

@@ -10,6 +10,7 @@ import os
 import re
 import secrets
 import time
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -44,14 +45,33 @@ def derive_key(secret: bytes, purpose: str) -> bytes:
     return hmac.new(secret, b"fund/" + purpose.encode(), hashlib.sha256).digest()
 
 
+def normal_password(password: str) -> str:
+    """A password as it is hashed: in Unicode NFKC (NIST SP 800-63B, 5.1.1.2), so the one
+    typed on another keyboard or system reads the same (``é`` as one code point or as ``e``
+    and an accent, which macOS and iOS may send; fullwidth letters from an IME)."""
+    return unicodedata.normalize("NFKC", password)
+
+
 def hash_password(password: str) -> str:
-    return _hasher.hash(password)
+    return _hasher.hash(normal_password(password))
 
 
 def verify_password(password: str, hashed: str | None) -> bool:
-    """Constant work whether or not ``hashed`` exists."""
+    """Whether ``password`` is the one ``hashed`` was made of: in NFKC, or, for a hash made
+    before passwords were normalised, as typed (a second check only for a password that
+    NFKC changes, known or unknown account alike). The same work whether or not ``hashed``
+    exists."""
+    target = hashed or _DUMMY_HASH
+    normal = normal_password(password)
+    ok = _verified(target, normal)
+    if not ok and normal != password:
+        ok = _verified(target, password)
+    return ok and hashed is not None
+
+
+def _verified(hashed: str, password: str) -> bool:
     try:
-        return _hasher.verify(hashed or _DUMMY_HASH, password) and hashed is not None
+        return _hasher.verify(hashed, password)
     except (VerificationError, InvalidHashError):
         return False
 

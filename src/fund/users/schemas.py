@@ -21,6 +21,7 @@ from pydantic_core import PydanticCustomError
 
 from fund.audit.schemas import AuditLogRead
 from fund.kit.params import NO_NUL, PageQuery, QueryModel
+from fund.kit.security import normal_password
 from fund.kit.text import (
     EmailRefused,
     code_point,
@@ -78,8 +79,17 @@ def _not_blank(password: str) -> str:
     return password
 
 
+def _as_hashed(value: object) -> object:
+    """A password measured and checked as it is hashed (``normal_password``, NFKC): twelve
+    characters as the user sees them, not twelve code points of which accents are some."""
+    return normal_password(value) if isinstance(value, str) else value
+
+
 Password = Annotated[
-    str, Field(min_length=MIN_PASSWORD, max_length=MAX_PASSWORD), AfterValidator(_not_blank)
+    str,
+    Field(min_length=MIN_PASSWORD, max_length=MAX_PASSWORD),
+    BeforeValidator(_as_hashed),  # after the Field: it wraps the checked string, runs first
+    AfterValidator(_not_blank),
 ]
 MAX_FULL_NAME = 200
 
