@@ -96,11 +96,17 @@ def create_app(settings: Settings | None = None, *, settle_heap: bool = False) -
             with heap.settled() if settle_heap else nullcontext():
                 yield
         finally:
-            # uvicorn has drained the requests in flight (FUND_SHUTDOWN_TIMEOUT) by now.
-            await resources.cache.close()
-            await resources.engine.dispose()
-            metrics.worker_exited()
-            log.info("stopped", pid=os.getpid())
+            # uvicorn has drained the requests in flight (FUND_SHUTDOWN_TIMEOUT) by now. Each
+            # step runs whatever the one before met: a cache that cannot close in time must
+            # not leave the pool's connections open or this worker's metrics behind.
+            try:
+                await resources.cache.close()
+            finally:
+                try:
+                    await resources.engine.dispose()
+                finally:
+                    metrics.worker_exited()
+                    log.info("stopped", pid=os.getpid())
 
     app = FastAPI(
         title="Fund backend",

@@ -8,9 +8,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from redis.asyncio import Redis
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.pool import QueuePool
 
 from fund.config import Settings
 from fund.deps import Resources
+from fund.kit import metrics
 from fund.kit.cache import (
     FAILURES_TO_OPEN,
     TOMBSTONE,
@@ -293,3 +296,28 @@ async def test_until_postgresql_names_the_database_redis_is_not_used(
         assert await raw_redis.dbsize() == 1
     finally:
         await cache.close()
+
+
+async def test_a_redis_that_cannot_close_in_time_does_not_stop_the_rest_of_the_shutdown(
+    cache_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen under load: redis-py gives a socket 50 ms to close, the close timed out, and the
+    worker's shutdown stopped there, leaving its pool's connections open and its metrics."""
+    exited: list[bool] = []
+    async with running_app(cache_settings) as application, client_for(application) as client:
+        resources: Resources = application.state.resources
+        admin = await make_account(resources, Role.ADMIN)
+        assert (await client.get("/api/v1/users/me", headers=admin.headers)).status_code == 200
+        pool = resources.engine.pool
+        assert isinstance(pool, QueuePool)
+        assert pool.checkedin() >= 1  # pooled, open
+
+        async def close_timed_out() -> None:
+            raise RedisTimeoutError("Timed out closing connection after 0.05")
+
+        assert resources.cache.redis is not None
+        monkeypatch.setattr(resources.cache.redis, "aclose", close_timed_out)
+        monkeypatch.setattr(metrics, "worker_exited", lambda: exited.append(True))
+    # The lifespan ended without raising, and went on past the failed close.
+    assert pool.checkedin() == 0  # disposed: its connections closed
+    assert exited == [True]

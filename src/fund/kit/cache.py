@@ -619,7 +619,16 @@ class Cache:
             pass
 
     async def close(self) -> None:
+        """Closes the log's connection and Redis's. A close that fails or times out (Redis
+        hung, or a busy loop past the 50 ms that redis-py gives a socket to close) is
+        logged: the process is stopping, and what stops after it must still run."""
+        closes: list[Callable[[], Awaitable[None]]] = []
         if self.invalidation_log is not None:
-            await self.invalidation_log.close()
+            closes.append(self.invalidation_log.close)
         if self.redis is not None:
-            await self.redis.aclose()
+            closes.append(self.redis.aclose)
+        for close in closes:
+            try:
+                await close()
+            except Exception as exc:  # whatever it is, the shutdown goes on
+                log.warning("cache_close_failed", error=type(exc).__name__)
