@@ -42,3 +42,35 @@ def wait_until_healthy(
             pass
         assert time.monotonic() < deadline, f"{url} never answered 200:\n" + log.read_text()[-4000:]
         time.sleep(0.2)
+
+
+def serve_environment(
+    database_url: str, redis_url: str, data_dir: Path, **values: str
+) -> dict[str, str]:
+    """What a test's ``fund serve`` runs with: the test's database and Redis, the tests'
+    secret, a data directory of its own, JSON logs; ``values`` add or override."""
+    from tests.conftest import SECRET
+
+    settings = {
+        "FUND_ENV": "test",
+        "FUND_DATABASE_URL": database_url,
+        "FUND_REDIS_URL": redis_url,
+        "FUND_SECRET_KEY": SECRET,
+        "FUND_DATA_DIR": str(data_dir),
+        "FUND_LOG_JSON": "true",
+    }
+    return environment_without_fund(**{**settings, **values})
+
+
+def start_serve(env: dict[str, str], port: int, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """``fund serve`` on ``port``, its output in ``log``, once ``/healthz`` answers."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(  # noqa: S603 (our own command, fixed arguments)
+            [FUND, "serve", "--port", str(port), *args],
+            env=env,
+            cwd=log.parent,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    wait_until_healthy(process, f"http://127.0.0.1:{port}/healthz", log)
+    return process

@@ -4,26 +4,16 @@ transfer stays visibly incomplete, and the log says so in one line, with no trac
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from fund.deps import Resources
 from tests.audit.test_export_interrupted import fill
-from tests.conftest import SECRET, Account
-from tests.ops.processes import FUND, environment_without_fund, spare_port, wait_until_healthy
+from tests.conftest import Account
+from tests.ops.processes import serve_environment, spare_port, start_serve
 
 CHUNKED_END = b"\r\n0\r\n\r\n"
-
-
-def serve(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        process = subprocess.Popen(  # noqa: S603 (our own command, fixed arguments)
-            [FUND, "serve", "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    wait_until_healthy(process, f"http://127.0.0.1:{port}/healthz", log)
-    return process
 
 
 @pytest.mark.parametrize("log_json", ["false", "true"], ids=["console", "json"])
@@ -38,16 +28,14 @@ async def test_an_export_cut_by_the_shutdown_timeout_ends_incomplete_in_one_log_
     await fill(resources, 200_000)  # far more than the socket buffers hold
     port = spare_port()
     log = tmp_path / "serve.log"
-    env = environment_without_fund(
-        FUND_ENV="test",
-        FUND_DATABASE_URL=database_url,
-        FUND_REDIS_URL=redis_url,
-        FUND_SECRET_KEY=SECRET,
-        FUND_DATA_DIR=str(tmp_path / "data"),
+    env = serve_environment(
+        database_url,
+        redis_url,
+        tmp_path / "data",
         FUND_LOG_JSON=log_json,
         FUND_SHUTDOWN_TIMEOUT="1",
     )
-    process = await asyncio.to_thread(serve, env, port, log)
+    process = await asyncio.to_thread(start_serve, env, port, log)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(

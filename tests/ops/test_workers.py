@@ -25,8 +25,8 @@ from fund.cli import _metrics_directory
 from fund.deps import Resources
 from fund.kit.metrics import MULTIPROC_DIR_ENV
 from fund.models import Role
-from tests.conftest import SECRET, Account, make_account
-from tests.ops.processes import FUND, environment_without_fund, spare_port, wait_until_healthy
+from tests.conftest import Account, make_account
+from tests.ops.processes import serve_environment, spare_port, start_serve
 
 USER_ROUTE = "/api/v1/users/{user_id}"
 
@@ -62,27 +62,16 @@ def served(database_url: str, redis_url: str, tmp_path: Path, app: FastAPI) -> I
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     log = tmp_path / "serve.log"
-    env = environment_without_fund(
-        FUND_ENV="test",
-        FUND_DATABASE_URL=database_url,
-        FUND_REDIS_URL=redis_url,
-        FUND_SECRET_KEY=SECRET,
-        FUND_DATA_DIR=str(tmp_path / "data"),
-        FUND_LOG_JSON="true",
+    env = serve_environment(
+        database_url,
+        redis_url,
+        tmp_path / "data",
         FUND_SHUTDOWN_TIMEOUT="20",
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
     )
-    with log.open("wb") as out:
-        process = subprocess.Popen(  # noqa: S603 (our own command, fixed arguments)
-            [FUND, "serve", "--workers", "2", "--port", str(port)],
-            env=env,
-            cwd=tmp_path,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    process = start_serve(env, port, log, "--workers", "2")
     served = Served(process, f"http://127.0.0.1:{port}", port, metrics_dir, log)
     try:
-        wait_until_healthy(process, f"{served.base_url}/healthz", log)
         yield served
     finally:
         if process.poll() is None:
