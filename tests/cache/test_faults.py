@@ -321,3 +321,41 @@ async def test_a_redis_that_cannot_close_in_time_does_not_stop_the_rest_of_the_s
     # The lifespan ended without raising, and went on past the failed close.
     assert pool.checkedin() == 0  # disposed: its connections closed
     assert exited == [True]
+
+
+async def test_a_frozen_postgresql_is_asked_once_not_once_per_waiting_request(
+    private_redis: PrivateRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A frozen PostgreSQL accepts connections and answers nothing, so a read of the
+    invalidation log lasts its whole timeout, longer than the cooldown. The requests queued
+    behind it must not each read again in turn (they did: 503s 5 s apart, one by one)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    frozen = InvalidationLog(f"postgresql://postgres@127.0.0.1:{port}/fund", timeout=0.5)
+    reads = 0
+    fetch = frozen.fetch
+
+    async def counted() -> dict[str, int]:
+        nonlocal reads
+        reads += 1
+        return await fetch()
+
+    monkeypatch.setattr(frozen, "fetch", counted)
+    cache = Cache(
+        create_redis(private_redis.url, 0.5), cooldown=0.25, invalidation_log=frozen, database="t"
+    )
+    try:
+        values = await asyncio.gather(*(cache.get("user", n) for n in range(10)))
+
+        assert values == [None] * 10  # untrusted: every one a miss, served from PostgreSQL
+        assert reads == 1
+    finally:
+        await cache.close()
+        for writer in held:
+            writer.close()
+        server.close()

@@ -304,7 +304,7 @@ class Cache:
                 self.database = await log_.database()
             except Exception as exc:
                 log.warning("cache_database_unknown", error=type(exc).__name__)
-                self._database_retry_at = started + self.cooldown
+                self._database_retry_at = time.monotonic() + self.cooldown  # as in _trusted
                 return False
             log.info("cache_keys", prefix=prefix(self.database))
             return True
@@ -391,7 +391,11 @@ class Cache:
                 recorded = await self.invalidation_log.fetch()
             except Exception as exc:
                 log.warning("cache_invalidation_log_unavailable", error=type(exc).__name__)
-                self._log_retry_at = started + self.cooldown
+                # From the failure, not from the start of the read: a read that timed out
+                # outlasts the cooldown, and every request queued on the lock meanwhile would
+                # try again in turn, each for a whole timeout (a frozen PostgreSQL answered
+                # concurrent requests 5 s apart, one after the other).
+                self._log_retry_at = time.monotonic() + self.cooldown
                 return False
             for k, row in recorded.items():
                 self.pending[k] = max(row, self.pending.get(k) or 0)
