@@ -57,7 +57,9 @@ async def template_database(postgres: PostgresServer) -> AsyncIterator[str]:
         await admin.execute(f'CREATE DATABASE "{name}"')
         from alembic import command
 
-        await asyncio.to_thread(command.upgrade, alembic_config(postgres.url(name)), "head")
+        await asyncio.to_thread(
+            command.upgrade, alembic_config(postgres.url(name), connect_timeout=5), "head"
+        )
         yield name
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:

@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 import anyio
@@ -20,7 +21,7 @@ from tests.conftest import SECRET
 from tests.services import PostgresServer
 
 HEAD = ScriptDirectory.from_config(
-    alembic_config("postgresql+asyncpg://unused/x")
+    alembic_config("postgresql+asyncpg://unused/x", connect_timeout=5)
 ).get_current_head()
 
 
@@ -241,3 +242,32 @@ async def test_servers_starting_together_on_an_empty_database_make_one_first_adm
         assert await conn.fetchval("SELECT count(*) FROM users") == 1
     finally:
         await conn.close()
+
+
+async def test_a_database_that_accepts_but_never_answers_is_given_up_on_in_time() -> None:
+    """A frozen server (or a firewall that drops replies): every command gives up after
+    FUND_DB_CONNECT_TIMEOUT, the migrations' connection too (it waited asyncpg's 60 s)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    frozen = f"postgresql+asyncpg://postgres@127.0.0.1:{server.sockets[0].getsockname()[1]}/f"
+    try:
+        for args in (
+            ["db", "current"],
+            ["db", "upgrade"],
+            ["seed", "--users", "1", "--audit-logs", "1"],
+        ):
+            started = time.monotonic()
+            code, _, err = await fund(frozen, *args, FUND_DB_CONNECT_TIMEOUT="1")
+            assert code == 1, (args, err)
+            assert time.monotonic() - started < 30, args  # 60 s and more before
+            assert (
+                "fund: cannot reach the database (no answer within FUND_DB_CONNECT_TIMEOUT)" in err
+            ), err
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()

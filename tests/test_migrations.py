@@ -54,13 +54,15 @@ async def schema(postgres: PostgresServer, database: str) -> set[str]:
 
 
 async def migrate(postgres: PostgresServer, database: str, action: str, revision: str) -> None:
-    config = alembic_config(postgres.url(database))
+    config = alembic_config(postgres.url(database), connect_timeout=5)
     step = command.upgrade if action == "upgrade" else command.downgrade
     await asyncio.to_thread(step, config, revision)
 
 
 def revisions() -> list[str]:
-    script = ScriptDirectory.from_config(alembic_config("postgresql+asyncpg://unused/x"))
+    script = ScriptDirectory.from_config(
+        alembic_config("postgresql+asyncpg://unused/x", connect_timeout=5)
+    )
     return [r.revision for r in reversed(list(script.walk_revisions()))]
 
 

@@ -87,7 +87,8 @@ def _environment_error(exc: BaseException) -> str:
     if isinstance(exc, DBAPIError) and exc.orig is not None:
         exc = exc.orig  # the driver's message, without SQLAlchemy's statement and link
     if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
-        return f"cannot reach the database ({exc}): is FUND_DATABASE_URL right, and is it up?"
+        why = str(exc) or "no answer within FUND_DB_CONNECT_TIMEOUT"  # a timeout says nothing
+        return f"cannot reach the database ({why}): is FUND_DATABASE_URL right, and is it up?"
     if getattr(exc, "sqlstate", None) in _NOT_MIGRATED:
         return (
             f"the database is not migrated for this version of fund ({str(exc).splitlines()[0]})"
@@ -233,7 +234,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         get_settings.cache_clear()
     assert settings.database_url is not None
     # Once, here, before any worker exists: workers never race on migrations.
-    command.upgrade(alembic_config(settings.database_url), "head")
+    command.upgrade(
+        alembic_config(settings.database_url, connect_timeout=settings.db_connect_timeout), "head"
+    )
     # Made now when it is generated, so the workers all read the same key from disk.
     settings.secret()
     if settings.env is Environment.DEVELOPMENT:
@@ -328,18 +331,28 @@ async def _first_admin(settings: Settings) -> None:
 
 
 def _db_upgrade(_: argparse.Namespace, settings: Settings) -> int:
-    command.upgrade(alembic_config(database_url(settings)), "head")
+    command.upgrade(
+        alembic_config(database_url(settings), connect_timeout=settings.db_connect_timeout), "head"
+    )
     return 0
 
 
 def _db_downgrade(args: argparse.Namespace, settings: Settings) -> int:
-    command.downgrade(alembic_config(database_url(settings)), args.revision)
+    command.downgrade(
+        alembic_config(database_url(settings), connect_timeout=settings.db_connect_timeout),
+        args.revision,
+    )
     return 0
 
 
 def _db_current(_: argparse.Namespace, settings: Settings) -> int:
     shown = io.StringIO()
-    command.current(alembic_config(database_url(settings), stdout=shown), verbose=False)
+    command.current(
+        alembic_config(
+            database_url(settings), connect_timeout=settings.db_connect_timeout, stdout=shown
+        ),
+        verbose=False,
+    )
     print(shown.getvalue().strip() or "none: no migration applied (fund db upgrade applies them)")
     return 0
 

@@ -504,8 +504,11 @@ def asyncpg_dsn(database_url: str) -> str:
     return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def alembic_config(url: str, *, stdout: TextIO = sys.stdout) -> Config:
+def alembic_config(url: str, *, connect_timeout: float, stdout: TextIO = sys.stdout) -> Config:
+    """Alembic's configuration for ``url``; its connection gives up after ``connect_timeout``
+    seconds (``FUND_DB_CONNECT_TIMEOUT``), as the service's do, not asyncpg's 60."""
     config = Config(stdout=stdout)
+    config.attributes["connect_timeout"] = connect_timeout
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     # ConfigParser interpolation would read '%' in a URL-encoded password.
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))

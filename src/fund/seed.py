@@ -753,7 +753,9 @@ def run_seed(settings: Settings, *, users: int, audit_logs: int, seed: int) -> i
         print("fund: --users and --audit-logs must be zero or more", file=sys.stderr)
         return 2
     assert settings.database_url is not None
-    command.upgrade(alembic_config(settings.database_url), "head")
+    command.upgrade(
+        alembic_config(settings.database_url, connect_timeout=settings.db_connect_timeout), "head"
+    )
     try:
         result = asyncio.run(
             seed_database(settings.database_url, users=users, audit_logs=audit_logs, seed=seed)

@@ -38,7 +38,9 @@ async def test_every_route_works_as_the_documented_application_role(
 ) -> None:
     as_role = settings.model_copy(update={"database_url": postgres.url(database, user=app_role)})
     # What `fund serve` does first: migrations are current, so it only reads alembic_version.
-    await asyncio.to_thread(command.upgrade, alembic_config(as_role.database_url or ""), "head")
+    await asyncio.to_thread(
+        command.upgrade, alembic_config(as_role.database_url or "", connect_timeout=5), "head"
+    )
 
     async with serving(as_role) as (resources, client):
         admin = await make_account(resources, Role.ADMIN)

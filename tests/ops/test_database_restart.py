@@ -97,7 +97,9 @@ async def restart_resources(
         await admin.execute(f'CREATE DATABASE "{DATABASE}"')
     finally:
         await admin.close()
-    await asyncio.to_thread(command.upgrade, alembic_config(private_postgres.url), "head")
+    await asyncio.to_thread(
+        command.upgrade, alembic_config(private_postgres.url, connect_timeout=5), "head"
+    )
     settings = Settings(
         _env_file=None,
         env=Environment.TEST,

@@ -51,7 +51,9 @@ def _take_migration_lock(connection: Connection) -> None:
 
 async def _run_async() -> None:
     engine = create_async_engine(
-        config.get_main_option("sqlalchemy.url") or "", poolclass=pool.NullPool
+        config.get_main_option("sqlalchemy.url") or "",
+        poolclass=pool.NullPool,
+        connect_args={"timeout": config.attributes["connect_timeout"]},
     )
     async with engine.connect() as connection:
         await connection.run_sync(_run)
