@@ -153,6 +153,28 @@ async def test_bad_settings_are_one_line_each_naming_the_variable_never_its_valu
     assert "s3cret" not in err
 
 
+async def test_numbers_past_their_range_are_refused_at_start_not_met_later(
+    database_url: str,
+) -> None:
+    """Accepted, a TTL Redis cannot take switched the cache off without a word, a statement
+    timeout past PostgreSQL's int failed every connection, and an infinite Redis timeout let
+    a hung Redis hang every request."""
+    code, out, err = await fund(
+        database_url,
+        "db",
+        "current",
+        FUND_CACHE_USER_TTL="99999999999999999999",
+        FUND_DB_STATEMENT_TIMEOUT_MS=str(2**31),
+        FUND_REDIS_SOCKET_TIMEOUT="inf",
+    )
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [
+        "fund: FUND_CACHE_USER_TTL: Input should be less than or equal to 31536000",
+        "fund: FUND_DB_STATEMENT_TIMEOUT_MS: Input should be less than or equal to 2147483647",
+        "fund: FUND_REDIS_SOCKET_TIMEOUT: Input should be a finite number",
+    ]
+
+
 async def test_an_empty_variable_counts_as_unset_so_production_refuses_it(
     database_url: str,
 ) -> None:

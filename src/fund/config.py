@@ -36,6 +36,10 @@ class UnsafeSettingsError(RuntimeError):
     """A production process was asked to start with a development-only default."""
 
 
+_HOUR = 3600
+_YEAR = 365 * 24 * _HOUR
+
+
 class Settings(BaseSettings):
     # An empty variable counts as unset, as the shell's ``FUND_X=`` and an unexpanded
     # ``${X}`` in a deployment mean: never an empty signing key, never "" for a database.
@@ -52,37 +56,40 @@ class Settings(BaseSettings):
     """Signs access tokens and cursors. Unset: a random key kept under ``data_dir``."""
     data_dir: Path = Path(".fund")
     access_token_minutes: int = Field(default=30, ge=1, le=24 * 60)
-    cache_user_ttl: int = Field(default=300, ge=1)
-    cache_stats_ttl: int = Field(default=3600, ge=1)
+    # Every number has a range: a value past it (a typo, `inf`) is refused at start, exit 2,
+    # rather than accepted and failing later (a TTL Redis cannot take switched the cache off
+    # silently; a statement timeout past PostgreSQL's int failed every connection).
+    cache_user_ttl: int = Field(default=300, ge=1, le=_YEAR)
+    cache_stats_ttl: int = Field(default=3600, ge=1, le=_YEAR)
     docs_enabled: bool | None = None
     """Serve ``/docs``; defaults to on except in production."""
     behind_tls: bool = False
     """Set HSTS on responses (the service sits behind a TLS-terminating proxy)."""
     trust_forwarded_for: bool = False
     """Take the client IP and scheme from ``X-Forwarded-For``/``-Proto`` (only behind a proxy)."""
-    max_request_bytes: int = Field(default=1_048_576, ge=1024)
+    max_request_bytes: int = Field(default=1_048_576, ge=1024, le=1 << 30)
     """Largest request body accepted; a larger one is answered 413 without reading it all."""
-    shutdown_timeout: int = Field(default=30, ge=1)
+    shutdown_timeout: int = Field(default=30, ge=1, le=_HOUR)
     """Seconds a stopping worker waits for requests in flight before closing them."""
 
-    db_pool_size: int = Field(default=20, ge=1)
-    db_max_overflow: int = Field(default=0, ge=0)
+    db_pool_size: int = Field(default=20, ge=1, le=1000)
+    db_max_overflow: int = Field(default=0, ge=0, le=1000)
     """Extra connections beyond ``db_pool_size``; each is closed when it comes back, so a load
     that keeps needing them opens a PostgreSQL backend every few requests (OPERATIONS.md)."""
-    db_pool_timeout: float = Field(default=5.0, gt=0)
-    db_connect_timeout: float = Field(default=5.0, gt=0)
-    exports_per_worker: int | None = Field(default=None, ge=1)
+    db_pool_timeout: float = Field(default=5.0, gt=0, le=_HOUR, allow_inf_nan=False)
+    db_connect_timeout: float = Field(default=5.0, gt=0, le=_HOUR, allow_inf_nan=False)
+    exports_per_worker: int | None = Field(default=None, ge=1, le=1000)
     """Audit exports a worker streams at once, each on a pooled connection for as long as it
     lasts; one more waits up to ``db_pool_timeout`` for a turn, then gets a 503. Unset: half
     of ``db_pool_size``, so exports never take the connections every other request needs."""
-    db_statement_timeout_ms: int = Field(default=15_000, ge=0)
-    redis_socket_timeout: float = Field(default=0.05, gt=0)
+    db_statement_timeout_ms: int = Field(default=15_000, ge=0, le=2**31 - 1)  # PostgreSQL's int
+    redis_socket_timeout: float = Field(default=0.05, gt=0, le=60, allow_inf_nan=False)
     """Redis socket timeout in seconds: a hung Redis costs at most this per call."""
-    redis_breaker_cooldown: float = Field(default=2.0, gt=0)
+    redis_breaker_cooldown: float = Field(default=2.0, gt=0, le=_HOUR, allow_inf_nan=False)
     """Seconds the cache stays bypassed after a failure before Redis is probed again."""
 
-    login_max_failures: int = Field(default=5, ge=1)
-    login_lockout_seconds: int = Field(default=300, ge=1)
+    login_max_failures: int = Field(default=5, ge=1, le=1000)
+    login_lockout_seconds: int = Field(default=300, ge=1, le=_YEAR)
     log_json: bool | None = None
     """JSON log lines; defaults to on except in development."""
     log_level: str = "INFO"
