@@ -114,6 +114,10 @@ async def test_a_database_that_is_not_there_is_one_line_not_a_traceback(
     assert code == 2
     assert "--port: must be 1..65535, not 99999" in err
 
+    code, _, err = await fund(database_url, "serve", "--workers", "1000")  # a typo for 10
+    assert code == 2
+    assert f"--workers: must be 1..{8 * (os.cpu_count() or 1)}, not 1000" in err
+
 
 async def test_serve_on_an_address_it_cannot_listen_on_is_one_line_at_once(
     database_url: str,

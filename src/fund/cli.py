@@ -99,6 +99,11 @@ def _environment_error(exc: BaseException) -> str:
     return str(exc)
 
 
+MAX_WORKERS_PER_CORE = 8
+MAX_WORKERS = MAX_WORKERS_PER_CORE * (os.cpu_count() or 1)
+"""Past this, workers only share the cores, each with its own pool of connections: a typo
+(``--workers 1000``) on a 2-core machine took its memory and every connection PostgreSQL had."""
+
 FROM_STDIN = "-"
 """``--password -``: the password is the first line of standard input."""
 MAX_ROWS = 1_000_000_000
@@ -141,7 +146,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=whole_number(1, 65535), default=8000, help="TCP port")
     serve.add_argument(
-        "--workers", type=whole_number(1), default=1, help="worker processes (about one a core)"
+        "--workers",
+        type=whole_number(1, MAX_WORKERS),
+        default=1,
+        help=f"worker processes (about one a core; at most {MAX_WORKERS_PER_CORE} a core)",
     )
     serve.set_defaults(handler=_serve)
 
