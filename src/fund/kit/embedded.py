@@ -41,7 +41,9 @@ def start_postgres(data_dir: Path) -> str:
     host = str(info.socket_dir) if info.socket_dir else "127.0.0.1"
     port = info.port or 5432
     asyncio.run(_ensure_database(host, port))
-    log.info("embedded_postgres_started", data=str(data_dir / "postgres"), socket=host)
+    # Started here, or already running in that directory (another `fund` command, or one
+    # started there by hand): the wheel counts its users and stops it after the last one.
+    log.info("embedded_postgres_ready", data=str(data_dir / "postgres"), socket=host)
     return f"postgresql+asyncpg://postgres@/{DATABASE_NAME}?host={host}&port={port}"
 
 
