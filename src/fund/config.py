@@ -210,7 +210,10 @@ class Settings(BaseSettings):
         if self.secret_key is not None:
             return self.secret_key.get_secret_value().encode()
         path = self.data_dir / "secret_key"
-        if not path.exists():
+        if path.exists():
+            # Every start says so, not only the one that made it (API.md: "with a warning").
+            log.warning("secret_key_from_data_dir", path=str(path), hint="set FUND_SECRET_KEY")
+        else:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             # Written whole and readable by its owner only before it appears under its name
             # (a hard link fails if the name exists): a process that gets here at the same

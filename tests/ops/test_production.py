@@ -12,6 +12,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from pydantic import ValidationError
+from structlog.testing import capture_logs
 
 from fund.config import (
     Environment,
@@ -47,7 +48,10 @@ def test_a_development_key_is_made_once_readable_by_its_owner_only(tmp_path: Pat
     assert len(key) >= 32
     assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600
     assert [f.name for f in tmp_path.iterdir()] == ["secret_key"]  # no draft left behind
-    assert development().secret() == key
+    with capture_logs() as logged:
+        assert development().secret() == key
+    # Each start using the kept key says so, not only the one that made it.
+    assert [e["event"] for e in logged] == ["secret_key_from_data_dir"]
 
 
 def test_production_settings_refuse_unsafe_defaults() -> None:
