@@ -18,9 +18,11 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
+from typing import TextIO
 
 import asyncpg
 from alembic import command
+from alembic.config import Config
 from alembic.util import CommandError
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
@@ -242,9 +244,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         get_settings.cache_clear()
     assert settings.database_url is not None
     # Once, here, before any worker exists: workers never race on migrations.
-    command.upgrade(
-        alembic_config(settings.database_url, connect_timeout=settings.db_connect_timeout), "head"
-    )
+    command.upgrade(_migrations(settings.database_url, settings), "head")
     # Made now when it is generated, so the workers all read the same key from disk.
     settings.secret()
     if settings.env is Environment.DEVELOPMENT:
@@ -338,29 +338,24 @@ async def _first_admin(settings: Settings) -> None:
         )
 
 
+def _migrations(url: str, settings: Settings, *, stdout: TextIO = sys.stdout) -> Config:
+    """Alembic's configuration for ``url``, connecting as the service does (its timeout)."""
+    return alembic_config(url, connect_timeout=settings.db_connect_timeout, stdout=stdout)
+
+
 def _db_upgrade(_: argparse.Namespace, settings: Settings) -> int:
-    command.upgrade(
-        alembic_config(database_url(settings), connect_timeout=settings.db_connect_timeout), "head"
-    )
+    command.upgrade(_migrations(database_url(settings), settings), "head")
     return 0
 
 
 def _db_downgrade(args: argparse.Namespace, settings: Settings) -> int:
-    command.downgrade(
-        alembic_config(database_url(settings), connect_timeout=settings.db_connect_timeout),
-        args.revision,
-    )
+    command.downgrade(_migrations(database_url(settings), settings), args.revision)
     return 0
 
 
 def _db_current(_: argparse.Namespace, settings: Settings) -> int:
     shown = io.StringIO()
-    command.current(
-        alembic_config(
-            database_url(settings), connect_timeout=settings.db_connect_timeout, stdout=shown
-        ),
-        verbose=False,
-    )
+    command.current(_migrations(database_url(settings), settings, stdout=shown), verbose=False)
     print(shown.getvalue().strip() or "none: no migration applied (fund db upgrade applies them)")
     return 0
 

@@ -126,18 +126,13 @@ async def prepare_bench_database(
             f'database "{name}" exists and was not made by fund bench, so it is not dropped'
             " to seed: name another with --database, or drop it yourself if it is expendable"
         )
+    migrations = alembic_config(url, connect_timeout=settings.db_connect_timeout)
     if exists and marker == wanted:
-        await asyncio.to_thread(
-            command.upgrade,
-            alembic_config(url, connect_timeout=settings.db_connect_timeout),
-            "head",
-        )
+        await asyncio.to_thread(command.upgrade, migrations, "head")
         seconds, phases, seeded_at = _seeding_record(record)
         return BenchDatabase(url, name, True, seconds, phases, seeded_at)
     await _recreate(settings, name)
-    await asyncio.to_thread(
-        command.upgrade, alembic_config(url, connect_timeout=settings.db_connect_timeout), "head"
-    )
+    await asyncio.to_thread(command.upgrade, migrations, "head")
     seeded_at = datetime.now(UTC)
     result = await seed_database(
         url, users=users, audit_logs=audit_logs, seed=seed, progress=progress

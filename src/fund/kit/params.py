@@ -13,7 +13,6 @@ from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
-from starlette.exceptions import HTTPException
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -156,22 +155,15 @@ async def refuse_repeated_json_keys(request: Request) -> None:
     an audit tool reading the same bytes may keep the first.
 
     Called once the caller may use the route (``fund.auth``), as the query check is, so a
-    request without a token is a 401 first. FastAPI has read the body by then and the
-    request keeps it; should a route not have, a read that fails is answered as FastAPI
-    answers its own (the size limit's 413 as it is, anything else as its 400). A body that
-    is not JSON is left to FastAPI.
+    request without a token is a 401 first. FastAPI has read the body by then (before any
+    dependency) and the request keeps it. A body that is not JSON is left to FastAPI.
     """
     if request.method not in _BODY_METHODS:
         return
     content_type = request.headers.get("content-type")
     if content_type is not None and "json" not in content_type.lower():
         return
-    try:
-        body = await request.body()
-    except HTTPException:
-        raise
-    except Exception as error:
-        raise HTTPException(400, "There was an error parsing the body") from error
+    body = await request.body()
     errors: list[dict[str, Any]] = []
 
     def object_of(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
