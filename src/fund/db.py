@@ -500,8 +500,19 @@ def _heard(engine: AsyncEngine, sql: str, args: list[Any]) -> None:
 
 def asyncpg_dsn(database_url: str) -> str:
     """``postgresql+asyncpg://…`` (query ``host``/``port`` kept) → a DSN asyncpg accepts,
-    for the few places that talk to the driver directly (seeding, the invalidation log)."""
-    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    for the few places that talk to the driver directly (seeding, the invalidation log,
+    ``/readyz``).
+
+    The settings spell TLS ``ssl=`` (SQLAlchemy hands URL queries to ``asyncpg.connect`` as
+    keywords); a DSN spells it ``sslmode=``, as libpq does. Left as ``ssl``, asyncpg sends it
+    to the server as a run-time setting and every connection is refused ("parameter "ssl"
+    cannot be changed now").
+    """
+    url = make_url(database_url)
+    query = dict(url.query)
+    if "ssl" in query:
+        query.setdefault("sslmode", query.pop("ssl"))
+    return url.set(drivername="postgresql", query=query).render_as_string(hide_password=False)
 
 
 def alembic_config(url: str, *, connect_timeout: float, stdout: TextIO = sys.stdout) -> Config:

@@ -6,8 +6,12 @@ import asyncio
 from contextlib import AsyncExitStack
 
 import httpx
+from redis.asyncio import Redis
 
+from fund.config import Settings
 from fund.deps import Resources
+from fund.main import create_app
+from tests.conftest import Account
 
 
 async def test_readyz_says_the_database_is_up_while_every_pooled_connection_is_busy(
@@ -25,3 +29,27 @@ async def test_readyz_says_the_database_is_up_while_every_pooled_connection_is_b
 
     assert ready.status_code == 200
     assert ready.json() == {"status": "ok", "database": "ok", "cache": "ok"}
+
+
+async def test_a_database_url_that_asks_for_tls_serves_readiness_and_the_cache(
+    settings: Settings, redis: Redis, admin: Account, viewer: Account
+) -> None:
+    """``?sslmode=`` (OPERATIONS.md) is read as asyncpg's ``ssl=``; the places that talk to
+    the driver directly must still connect: they sent ``ssl`` to PostgreSQL as a run-time
+    setting, so ``/readyz`` said the database was down and the cache never started."""
+    assert settings.database_url is not None
+    libpq = settings.database_url.replace("postgresql+asyncpg://", "postgresql://")
+    tls = Settings(**{**settings.model_dump(), "database_url": libpq + "?sslmode=prefer"})
+    assert tls.database_url is not None and tls.database_url.endswith("?ssl=prefer")
+    application = create_app(tls)
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            ready = await http.get("/readyz")
+            path = f"/api/v1/users/{viewer.id}"
+            first = await http.get(path, headers=admin.headers)
+            second = await http.get(path, headers=admin.headers)
+
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ok", "database": "ok", "cache": "ok"}
+    assert (first.headers["x-cache"], second.headers["x-cache"]) == ("miss", "hit")
