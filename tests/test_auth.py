@@ -17,10 +17,12 @@ from structlog.testing import capture_logs
 
 from fund.auth import service as auth_service
 from fund.auth.throttle import LoginThrottle
+from fund.config import Settings
 from fund.deps import Resources
 from fund.kit import security
 from fund.main import UNREADABLE_BODY_ERROR
 from fund.models import Role
+from fund.users.repository import UserRepository
 from fund.users.service import CACHE_KIND
 from tests.conftest import PASSWORD, Account, make_account
 from tests.helpers import audit_rows, count_rows, until
@@ -739,3 +741,26 @@ async def test_a_password_is_measured_as_it_is_hashed(
 
     assert created.status_code == 422
     assert created.json()["detail"][0]["loc"] == ["body", "password"]
+
+
+async def test_attempts_the_database_could_not_answer_do_not_count_towards_the_lockout(
+    client: httpx.AsyncClient, settings: Settings, viewer: Account, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user retrying through a PostgreSQL restart, as each 503's Retry-After asks, has
+    failed nothing: counted before the check, such attempts are taken back (API.md section 2
+    throttles repeated *failures*). They locked the account for the whole window."""
+    real = UserRepository.get_credentials
+
+    async def database_down(*_: Any) -> None:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(UserRepository, "get_credentials", database_down)
+    for _ in range(settings.login_max_failures + 2):
+        assert (await login(client, viewer.user.email, PASSWORD)).status_code == 503
+    monkeypatch.setattr(UserRepository, "get_credentials", real)
+
+    assert (await login(client, viewer.user.email, PASSWORD)).status_code == 200
+    # Failures still add up: the wrong passwords after it are counted as before.
+    for _ in range(settings.login_max_failures):
+        assert (await login(client, viewer.user.email, "wrong password 123")).status_code == 401
+    assert (await login(client, viewer.user.email, PASSWORD)).status_code == 429

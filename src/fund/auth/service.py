@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import anyio
 import structlog
 
 from fund.audit.schemas import Action, ResourceType
@@ -71,13 +72,19 @@ class AuthService:
             )
             raise TooManyAttempts(retry_after)
 
-        # Read on its own, before any transaction: the request's transaction (and its pooled
-        # connection) begins with the audit entry, after the ~40 ms password check.
-        user = await self.users.get_credentials(email) if can_be_an_account else None
-        # Verified even for an unknown email (against a dummy hash): same time either way.
-        password_ok = await verify_password_off_loop(
-            password, user["hashed_password"] if user else None
-        )
+        try:
+            # Read on its own, before any transaction: the request's transaction (and its
+            # pooled connection) begins with the audit entry, after the ~40 ms password check.
+            user = await self.users.get_credentials(email) if can_be_an_account else None
+            # Verified even for an unknown email (against a dummy hash): same time either way.
+            password_ok = await verify_password_off_loop(
+                password, user["hashed_password"] if user else None
+            )
+        except BaseException:
+            # No verdict (PostgreSQL down, the request cancelled): not a failure to count.
+            with anyio.CancelScope(shield=True):
+                await self.throttle.unanswered(email)
+            raise
         if user is None or not password_ok or not user["is_active"]:
             await self.audit.record(
                 actor,

@@ -57,6 +57,18 @@ class LoginThrottle:
             self._remember(account, shared, seen_until or time.monotonic() + seconds_left)
         return max(1, seconds_left) if shared > self.max_failures else 0
 
+    async def unanswered(self, email: str) -> None:
+        """Take back the attempt ``attempt`` counted when its check gave no verdict (the
+        database down, the request cancelled): only failures may add up to a lockout, and
+        a user retrying through an outage, as its 503 asks, has failed nothing."""
+        account = _account(email)
+        count, until = self._local_state(account)
+        if count > 1:
+            self._remember(account, count - 1, until)
+        else:
+            self._local.pop(account, None)
+        await self.cache.decr_window(KIND, account)
+
     async def succeeded(self, email: str) -> None:
         account = _account(email)
         self._local.pop(account, None)

@@ -83,6 +83,14 @@ end
 return 0
 """
 
+_WITHDRAW = """
+local count = tonumber(redis.call('GET', KEYS[1]))
+if count and count > 0 then
+    return redis.call('DECR', KEYS[1])
+end
+return 0
+"""
+
 
 def prefix(database: str) -> str:
     """What every key of the deployment whose database is ``database`` starts with."""
@@ -270,6 +278,7 @@ class Cache:
         self._kept: dict[str, tuple[bytes, float, bool]] = {}
         self._populate = redis.register_script(_POPULATE) if redis is not None else None
         self._release = redis.register_script(_RELEASE) if redis is not None else None
+        self._withdraw = redis.register_script(_WITHDRAW) if redis is not None else None
 
     # -- breaker ---------------------------------------------------------------
 
@@ -608,13 +617,26 @@ class Cache:
         async def op(r: Redis) -> tuple[int, int]:
             k = self.key(kind, ident)
             pipe = r.pipeline(transaction=True)
+            # The window starts with its first event: SET NX, not EXPIRE NX (Redis 7 only;
+            # on 6 every transaction aborted and tripped the breaker on a healthy Redis).
+            pipe.set(k, 0, ex=window_seconds, nx=True)
             pipe.incr(k)
-            pipe.expire(k, window_seconds, nx=True)
             pipe.ttl(k)
-            count, _, seconds_left = await pipe.execute()
+            _, count, seconds_left = await pipe.execute()
             return int(count), int(seconds_left)
 
         return await self._call(op)
+
+    async def decr_window(self, kind: str, ident: str) -> None:
+        """Take back one event counted by ``incr_window`` (never below 0, the window's end
+        unchanged). Best effort: nothing is taken back while Redis is unavailable."""
+        withdraw = self._withdraw
+        if withdraw is None:
+            return
+        try:
+            await self._call(lambda r: withdraw(keys=[self.key(kind, ident)], client=r))
+        except CircuitOpen:
+            pass
 
     async def delete(self, kind: str, ident: str) -> None:
         try:
