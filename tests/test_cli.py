@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import os
 import socket
 import sys
@@ -11,11 +12,12 @@ from pathlib import Path
 
 import anyio
 import asyncpg
+import pytest
 from alembic.script import ScriptDirectory
 
-from fund.bootstrap import FIRST_ADMIN_EMAIL, create_first_admin
+from fund.bootstrap import FIRST_ADMIN_EMAIL, create_first_admin, create_user
 from fund.config import Settings
-from fund.db import alembic_config
+from fund.db import alembic_config, asyncpg_dsn
 from fund.kit.security import verify_password
 from tests.conftest import SECRET
 from tests.services import PostgresServer
@@ -297,3 +299,28 @@ async def test_a_database_that_accepts_but_never_answers_is_given_up_on_in_time(
         for writer in held:
             writer.close()
         server.close()
+
+
+async def test_users_create_works_for_a_uid_the_system_has_no_name_for(
+    settings: Settings, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container run as an arbitrary uid (``--user 1234``, OpenShift) has no passwd entry:
+    ``getpass.getuser()`` raises KeyError there, and the command died with a traceback, no
+    user made. The audit entry names the uid instead."""
+
+    def no_passwd_entry() -> str:
+        raise KeyError(f"getpwuid(): uid not found: {os.getuid()}")
+
+    monkeypatch.setattr(getpass, "getuser", no_passwd_entry)
+
+    user_id = await create_user(settings, "uid-only@example.com", "x" * 12, "VIEWER", None)
+
+    connection = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        agent = await connection.fetchval(
+            "SELECT user_agent FROM audit_logs WHERE action = 'CREATE' AND resource_id = $1",
+            str(user_id),
+        )
+    finally:
+        await connection.close()
+    assert agent == f"fund-cli (uid {os.getuid()}@{socket.gethostname()})"

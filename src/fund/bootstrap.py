@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import os
 import secrets
 import socket
 from collections.abc import AsyncIterator
@@ -32,9 +33,19 @@ def _cli_actor() -> Actor:
     return Actor(
         user_id=None,
         ip_address=None,
-        user_agent=f"fund-cli ({getpass.getuser()}@{socket.gethostname()})",
+        user_agent=f"fund-cli ({_operator()}@{socket.gethostname()})",
         request_id=None,
     )
+
+
+def _operator() -> str:
+    """The login running the command, or its uid where the system has no name for it: a
+    container run as an arbitrary uid (``--user 1234``, OpenShift) has no passwd entry, and
+    ``getpass.getuser()`` raises (KeyError before Python 3.13, OSError since)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
 
 
 def _name_from(email: str) -> str:
