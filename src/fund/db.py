@@ -177,6 +177,22 @@ class UnitOfWork:
         (a retried password change would be made and audited twice).
         """
         callbacks, self._after_commit = self._after_commit, []
+        # In a task of its own, which the request's cancellation (a shutdown that ran out of
+        # FUND_SHUTDOWN_TIMEOUT) does not reach: once COMMIT is on its way, the invalidations
+        # after it must run, or a deactivated account's cached entry keeps its sessions alive
+        # for the entry's lifetime. (anyio's shield does not stop asyncio's task.cancel().)
+        committing = asyncio.ensure_future(self._commit_then_run(callbacks))
+        cancelled: asyncio.CancelledError | None = None
+        while not committing.done():
+            try:
+                await asyncio.shield(committing)
+            except asyncio.CancelledError as exc:
+                cancelled = exc  # noted, and raised once the commit and its callbacks are done
+        committing.result()
+        if cancelled is not None:
+            raise cancelled
+
+    async def _commit_then_run(self, callbacks: list[AfterCommit]) -> None:
         if self._session is not None and self._session.in_transaction():
             await self._session.commit()
         for callback in callbacks:

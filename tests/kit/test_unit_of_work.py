@@ -178,3 +178,47 @@ async def test_every_after_commit_callback_runs_even_after_one_fails(database_ur
         assert (line["log_level"], line["error"]) == ("error", "ConnectionError")
     finally:
         await engine.dispose()
+
+
+async def test_a_request_cancelled_after_its_commit_still_runs_what_waited_for_it(
+    database_url: str,
+) -> None:
+    """A shutdown that runs out of time cancels the requests still running. One cancelled
+    between its COMMIT and its cache invalidations must still invalidate: a deactivated
+    account's cached entry would otherwise keep its sessions alive on every instance."""
+    engine = create_async_engine(database_url)
+    ran: list[str] = []
+    in_first = asyncio.Event()
+    redis_answers = asyncio.Event()
+
+    async def first() -> None:
+        in_first.set()
+        await redis_answers.wait()  # a slow Redis
+        ran.append("first")
+
+    async def second() -> None:
+        ran.append("second")
+
+    async def request() -> None:
+        async with UnitOfWork(async_sessionmaker(engine)) as work:
+            await work.session.execute(text("SELECT 1"))
+            work.after_commit(first)
+            work.after_commit(second)
+            await work.commit()
+            ran.append("answered")
+
+    try:
+        running = asyncio.ensure_future(request())
+        await in_first.wait()
+        running.cancel()
+        await asyncio.sleep(0.05)
+        running.cancel()  # and again: anyio's cancel scopes repeat theirs
+        await asyncio.sleep(0.05)
+        redis_answers.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    finally:
+        await engine.dispose()
+
+    assert running.cancelled()  # the cancellation still ends the request
+    assert ran == ["first", "second"]
