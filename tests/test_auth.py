@@ -305,6 +305,8 @@ def _bad_tokens(resources: Resources, user_id: int) -> dict[str, str]:
         "sub-not-a-number": jwt.encode({**good, "sub": "admin"}, key, algorithm="HS256"),
         "sub-unknown-user": jwt.encode({**good, "sub": "999999"}, key, algorithm="HS256"),
         "tampered-payload": _tamper(jwt.encode(good, key, algorithm="HS256")),
+        # A good token padded: PyJWT decodes it, but a token has one spelling (RFC 7515).
+        "padded-signature": jwt.encode(good, key, algorithm="HS256") + "=",
         # Signed, with a token id no token of ours has: a space would split the cached
         # account's entry, were it kept as the session of a password change.
         **{
@@ -352,6 +354,20 @@ async def test_missing_or_malformed_authorization_is_401(
     response = await client.get("/api/v1/users", headers=headers)
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
+
+
+async def test_two_authorization_headers_are_401_whichever_comes_first(
+    client: httpx.AsyncClient, admin: Account
+) -> None:
+    """Which of two a reader takes is its guess (a proxy, an audit tool): neither is taken."""
+    good = admin.headers["Authorization"]
+    for pair in ([good, "Bearer junk"], ["Bearer junk", good], [good, good]):
+        response = await client.get(
+            "/api/v1/users/me", headers=[("Authorization", value) for value in pair]
+        )
+        assert response.status_code == 401, pair
+        assert response.headers["www-authenticate"] == "Bearer"
+    assert (await client.get("/api/v1/users/me", headers=admin.headers)).status_code == 200
 
 
 async def test_a_deactivated_users_live_token_stops_at_once(

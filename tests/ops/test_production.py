@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -303,3 +303,42 @@ def test_a_redis_database_that_is_not_a_number_is_refused(url: str) -> None:
 )
 def test_a_redis_url_with_a_database_number_or_none_is_taken(url: str) -> None:
     assert Settings(_env_file=None, redis_url=url).redis_url == url
+
+
+async def _raw_get(app: FastAPI, http_version: str, headers: list[tuple[bytes, bytes]]) -> int:
+    """``GET /healthz`` through ASGI with exactly ``headers`` (httpx always adds a Host)."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": http_version,
+        "method": "GET",
+        "scheme": "http",
+        "path": "/healthz",
+        "raw_path": b"/healthz",
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    await app(scope, receive, send)
+    return statuses[0]
+
+
+async def test_an_http_1_1_request_needs_exactly_one_host(app: FastAPI) -> None:
+    """RFC 9112 section 3.2: a server answers 400 to an HTTP/1.1 request without a Host or
+    with more than one (uvicorn passes both through)."""
+    host = (b"host", b"127.0.0.1:8000")
+    assert await _raw_get(app, "1.1", []) == 400
+    assert await _raw_get(app, "1.1", [host, (b"host", b"other.example")]) == 400
+    assert await _raw_get(app, "1.1", [host]) == 200
+    assert await _raw_get(app, "1.0", []) == 200  # HTTP/1.0 had no Host to require

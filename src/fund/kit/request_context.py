@@ -218,9 +218,12 @@ class RequestContextMiddleware:
         headers = scope.get("headers", [])
         if sum(len(name) + len(value) for name, value in headers) > MAX_HEADER_BYTES:
             return 431, "Request header fields too large"
+        hosts = 0
         for name, value in headers:
-            if name == b"host" and not _VALID_HOST.match(value.decode("latin-1")):
-                return 400, "Invalid Host header"
+            if name == b"host":
+                hosts += 1
+                if not _VALID_HOST.match(value.decode("latin-1")):
+                    return 400, "Invalid Host header"
             if name == b"content-length":
                 try:
                     declared = int(value)
@@ -228,6 +231,9 @@ class RequestContextMiddleware:
                     return 400, "Invalid Content-Length header"
                 if declared > self.max_body_bytes:
                     return 413, BODY_TOO_LARGE
+        if hosts != 1 and scope.get("http_version") == "1.1":
+            # RFC 9112 section 3.2: exactly one Host in an HTTP/1.1 request, else 400.
+            return 400, "Missing Host header" if hosts == 0 else "Invalid Host header"
         return None
 
     def _limited(self, receive: Receive) -> Receive:

@@ -38,6 +38,9 @@ _ALGORITHMS = [_ALGORITHM]  # fixed: "none" and asymmetric confusion are impossi
 # What ``issue_access_token`` makes a token id of (``secrets.token_urlsafe``): the account's
 # cache entry keeps one between spaces, so nothing else is taken, even signed.
 _TOKEN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+"""A token's one spelling (RFC 7515 section 7.1: base64url without padding). PyJWT also
+decodes a padded signature, so ``<token>=`` would pass as a second spelling of a token."""
 
 
 def derive_key(secret: bytes, purpose: str) -> bytes:
@@ -153,6 +156,8 @@ def _verified_claims(key: bytes, token: str) -> tuple[TokenSubject, float]:
     token is verified once per process (bounded; refusals are not kept): the expiry is
     still checked on every use, by ``read_access_token``.
     """
+    if not _COMPACT_JWS.fullmatch(token):
+        raise InvalidToken
     try:
         claims = jwt.decode(
             token, key, algorithms=_ALGORITHMS, options={"require": ["exp", "iat", "sub"]}
