@@ -239,6 +239,22 @@ async def test_a_search_term_typed_as_the_name_is_stored_finds_it(
     assert [user["id"] for user in found.json()["items"]] == [made.json()["id"]]
 
 
+async def test_the_longest_address_is_taken_with_spaces_around_it(
+    client: httpx.AsyncClient, admin: Account
+) -> None:
+    """Spaces around an address are dropped, and only then is its length (254) counted:
+    a full-length address pasted with a space was refused as too long."""
+    longest = "a" * 64 + "@" + ".".join(["b" * 63, "c" * 63, "d" * 53]) + ".example"
+    assert len(longest) == 254
+
+    response = await client.post(USERS, json=new_user(email=f"  {longest} "), headers=admin.headers)
+    too_long = await client.post(USERS, json=new_user(email="a" + longest), headers=admin.headers)
+
+    assert response.status_code == 201, response.text
+    assert response.json()["email"] == longest
+    assert too_long.status_code == 422
+
+
 @pytest.mark.parametrize("email", ["dup@example.com", "DUP@example.com", "Dup@Example.Com"])
 async def test_a_duplicate_email_in_any_case_is_409(
     client: httpx.AsyncClient, admin: Account, resources: Resources, email: str

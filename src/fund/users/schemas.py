@@ -59,9 +59,15 @@ def _email(address: str) -> str:
         ) from None
 
 
+def _trimmed(value: object) -> object:
+    """Spaces around an address are dropped (``email_address``) before its length counts."""
+    return value.strip() if isinstance(value, str) else value
+
+
 Email = Annotated[
     str,
     Field(max_length=MAX_EMAIL),
+    BeforeValidator(_trimmed),
     AfterValidator(_email),
     WithJsonSchema({"type": "string", "format": "email", "maxLength": MAX_EMAIL}),
 ]
