@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
+from sqlalchemy.exc import DBAPIError
 
+from fund.audit.schemas import Action, ResourceType
 from fund.db import alembic_config
 from tests.ops.processes import FUND, environment_without_fund
 from tests.services import PostgresServer
@@ -128,7 +132,8 @@ async def test_007_makes_the_audit_identifiers_compare_bytewise(
         WHERE a.attrelid = 'audit_logs'::regclass AND a.attname = ANY($1::text[])
     """
     columns = ["action", "resource_type", "resource_id"]
-    await migrate(postgres, empty_database, "upgrade", "head")
+    # At 007 itself: since 012 action and resource_type are enums, which have no collation.
+    await migrate(postgres, empty_database, "upgrade", "007")
     conn = await asyncpg.connect(postgres.dsn(empty_database))
     try:
         assert dict(await conn.fetch(query, columns)) == dict.fromkeys(columns, "C")
@@ -216,6 +221,147 @@ async def test_011_refuses_times_the_service_cannot_show(
                 " VALUES ('LOGIN', 'user', '1', $1::text::timestamptz)",
                 at,
             )
+    finally:
+        await conn.close()
+
+
+AUDIT_COLUMNS = """
+    SELECT a.attname, format_type(a.atttypid, a.atttypmod), coalesce(c.collname, '')
+    FROM pg_attribute a LEFT JOIN pg_collation c ON c.oid = a.attcollation
+    WHERE a.attrelid = 'audit_logs'::regclass AND a.attname = ANY($1::text[])
+    ORDER BY a.attnum
+"""
+VOCABULARY_COLUMNS = ["action", "resource_type", "resource_id"]
+ENTRIES = "SELECT t::text FROM audit_logs AS t ORDER BY t.id"
+AUDIT_INDEXES = "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'audit_logs'"
+VOCABULARY_TYPES = "SELECT to_regtype('audit_action'), to_regtype('audit_resource_type')"
+
+
+async def add_every_kind_of_entry(conn: asyncpg.Connection) -> None:
+    """One entry for each action and resource type, with every column set; one soft-deleted."""
+    user_id = await conn.fetchval(
+        "INSERT INTO users (email, hashed_password) VALUES ('actor@example.com', 'x') RETURNING id"
+    )
+    for n, (action, resource_type) in enumerate(
+        itertools.product(list(Action), list(ResourceType))
+    ):
+        await conn.execute(
+            'INSERT INTO audit_logs ("timestamp", user_id, action, resource_type, resource_id,'
+            " details, ip_address, user_agent, request_id)"
+            " VALUES ('2026-11-30 10:00:00.123456+00'::timestamptz + $1 * interval '1 minute',"
+            " $2, $3, $4, $5, $6::jsonb, '198.51.100.7', 'curl/8.5.0', $7)",
+            n,
+            user_id,
+            action.value,
+            resource_type.value,
+            str(n),
+            json.dumps({"email": f"{n}@example.com"}),
+            f"req-{n}",
+        )
+    await conn.execute("UPDATE audit_logs SET is_deleted = true WHERE resource_id = '3'")
+
+
+async def test_012_makes_action_and_resource_type_enums_and_keeps_every_entry(
+    postgres: PostgresServer, empty_database: str
+) -> None:
+    await migrate(postgres, empty_database, "upgrade", "011")
+    conn = await asyncpg.connect(postgres.dsn(empty_database))
+    try:
+        await add_every_kind_of_entry(conn)
+        await conn.execute("ANALYZE audit_logs")
+        entries = await conn.fetch(ENTRIES)
+        indexes = set(await conn.fetch(AUDIT_INDEXES))
+        as_text = [
+            ("action", "character varying(32)", "C"),
+            ("resource_type", "character varying(64)", "C"),
+            ("resource_id", "character varying(64)", "C"),
+        ]
+        assert [tuple(row) for row in await conn.fetch(AUDIT_COLUMNS, VOCABULARY_COLUMNS)] == (
+            as_text
+        )
+    finally:
+        await conn.close()
+
+    await migrate(postgres, empty_database, "upgrade", "head")
+    conn = await asyncpg.connect(postgres.dsn(empty_database))
+    try:
+        assert [tuple(row) for row in await conn.fetch(AUDIT_COLUMNS, VOCABULARY_COLUMNS)] == [
+            ("action", "audit_action", ""),  # an enum has no collation
+            ("resource_type", "audit_resource_type", ""),
+            ("resource_id", "character varying(64)", "C"),  # an id: stays text, bytewise
+        ]
+        assert await conn.fetch(ENTRIES) == entries  # each row renders as it did, label for text
+        # The indexes on the two columns came back under their names, as they were defined.
+        assert set(await conn.fetch(AUDIT_INDEXES)) == indexes
+        # A change of type drops a column's planner statistics: the migration gathers them again.
+        analyzed = await conn.fetch(
+            "SELECT attname FROM pg_stats WHERE tablename = 'audit_logs'"
+            " AND attname IN ('action', 'resource_type') ORDER BY attname"
+        )
+        assert [row[0] for row in analyzed] == ["action", "resource_type"]
+        with pytest.raises(
+            asyncpg.InvalidTextRepresentationError,
+            match='invalid input value for enum audit_action: "EXPORT"',
+        ):
+            await conn.execute(
+                "INSERT INTO audit_logs (action, resource_type, resource_id)"
+                " VALUES ('EXPORT', 'user', '1')"
+            )
+    finally:
+        await conn.close()
+
+    await migrate(postgres, empty_database, "downgrade", "011")
+    conn = await asyncpg.connect(postgres.dsn(empty_database))
+    try:
+        assert [tuple(row) for row in await conn.fetch(AUDIT_COLUMNS, VOCABULARY_COLUMNS)] == (
+            as_text
+        )
+        assert await conn.fetch(ENTRIES) == entries
+        assert set(await conn.fetch(AUDIT_INDEXES)) == indexes
+        assert tuple(await conn.fetchrow(VOCABULARY_TYPES)) == (None, None)
+    finally:
+        await conn.close()
+
+    await migrate(postgres, empty_database, "upgrade", "head")
+    conn = await asyncpg.connect(postgres.dsn(empty_database))
+    try:
+        assert await conn.fetch(ENTRIES) == entries
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "enum"),
+    [("action", "EXPORT", "audit_action"), ("resource_type", "account", "audit_resource_type")],
+)
+async def test_012_fails_on_a_value_outside_the_vocabulary_and_changes_nothing(
+    postgres: PostgresServer, empty_database: str, column: str, value: str, enum: str
+) -> None:
+    await migrate(postgres, empty_database, "upgrade", "011")
+    conn = await asyncpg.connect(postgres.dsn(empty_database))
+    try:
+        await add_every_kind_of_entry(conn)
+        # Written outside the API, before the vocabulary was the database's to keep.
+        outside = {"action": "LOGIN", "resource_type": "user", column: value}
+        await conn.execute(
+            "INSERT INTO audit_logs (action, resource_type, resource_id) VALUES ($1, $2, '99')",
+            outside["action"],
+            outside["resource_type"],
+        )
+        entries = await conn.fetch(ENTRIES)
+    finally:
+        await conn.close()
+    before = await schema(postgres, empty_database)
+
+    with pytest.raises(DBAPIError, match=f'invalid input value for enum {enum}: "{value}"'):
+        await migrate(postgres, empty_database, "upgrade", "head")
+
+    assert await schema(postgres, empty_database) == before  # no type made, no column changed
+    conn = await asyncpg.connect(postgres.dsn(empty_database))
+    try:
+        assert await conn.fetchval("SELECT version_num FROM alembic_version") == "011"
+        assert await conn.fetch(ENTRIES) == entries
+        assert tuple(await conn.fetchrow(VOCABULARY_TYPES)) == (None, None)
     finally:
         await conn.close()
 

@@ -310,9 +310,14 @@ def _audit_sql(seed: int, *, base_id: int, total: int, pool: _ActorPool) -> str:
            TIMESTAMPTZ '{SPAN_START.isoformat()}' + interval '1 microsecond'
                * floor({slot!r} + p * {_SPAN_US - slot!r}),
            CASE WHEN kind = 1 THEN NULL ELSE actor END,
-           CASE WHEN kind = 0 THEN 'LOGIN' WHEN kind = 1 THEN 'LOGIN_FAILED'
-                WHEN kind = 2 THEN 'UPDATE' WHEN kind = 3 THEN 'CREATE' ELSE 'DELETE' END,
-           CASE WHEN kind = 5 THEN 'audit_log' ELSE 'user' END,
+           -- Constants of the columns' enums (migration 012), made once with the statement:
+           -- a text CASE would need a cast to the enum on every row.
+           CASE WHEN kind = 0 THEN 'LOGIN'::audit_action
+                WHEN kind = 1 THEN 'LOGIN_FAILED'::audit_action
+                WHEN kind = 2 THEN 'UPDATE'::audit_action WHEN kind = 3 THEN 'CREATE'::audit_action
+                ELSE 'DELETE'::audit_action END,
+           CASE WHEN kind = 5 THEN 'audit_log'::audit_resource_type
+                ELSE 'user'::audit_resource_type END,
            CASE WHEN kind = 0 THEN actor::text
                 WHEN kind = 1 THEN CASE WHEN known_draw < 0.75 THEN target::text ELSE '' END
                 WHEN kind = 3 THEN ({pool0} + eligible)::text

@@ -58,9 +58,10 @@ SELECT timestamptz '2025-01-01 00:00:00+00' + g * interval '157 seconds'
            + floor(r.jitter * 1000000) * interval '1 microsecond',
        CASE WHEN r.kind BETWEEN 0.50 AND 0.53 THEN NULL
             ELSE 1 + floor(power(r.who, 2) * {ACTORS})::int END,
-       CASE WHEN r.kind < 0.50 THEN 'LOGIN' WHEN r.kind < 0.62 THEN 'LOGIN_FAILED'
-            WHEN r.kind < 0.80 THEN 'UPDATE' WHEN r.kind < 0.92 THEN 'CREATE' ELSE 'DELETE' END,
-       CASE WHEN r.kind > 0.97 THEN 'audit_log' ELSE 'user' END,
+       (CASE WHEN r.kind < 0.50 THEN 'LOGIN' WHEN r.kind < 0.62 THEN 'LOGIN_FAILED'
+            WHEN r.kind < 0.80 THEN 'UPDATE' WHEN r.kind < 0.92 THEN 'CREATE' ELSE 'DELETE'
+            END)::audit_action,
+       (CASE WHEN r.kind > 0.97 THEN 'audit_log' ELSE 'user' END)::audit_resource_type,
        CASE WHEN r.kind BETWEEN 0.50 AND 0.53 THEN ''
             WHEN r.kind > 0.97 THEN greatest(1, g - 1 - floor(r.jitter * 500)::int)::text
             ELSE (1 + floor(r.target * {ACTORS})::int)::text END,

@@ -6,9 +6,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, String, func
-from sqlalchemy.dialects.postgresql import INET, JSONB
+from sqlalchemy.dialects.postgresql import ENUM, INET, JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from fund.audit.schemas import Action, ResourceType
 from fund.models.base import Base
 
 if TYPE_CHECKING:
@@ -31,10 +32,19 @@ class AuditLog(Base):
         BigInteger, ForeignKey("users.id", ondelete="RESTRICT"), nullable=True
     )
     """The actor; null for anonymous events (a failed login for an unknown email)."""
-    action: Mapped[str] = mapped_column(String(32, collation="C"), nullable=False)
-    """CREATE, UPDATE, DELETE, LOGIN, LOGIN_FAILED."""
-    resource_type: Mapped[str] = mapped_column(String(64, collation="C"), nullable=False)
-    """What was changed: ``user`` or ``audit_log``."""
+    action: Mapped[str] = mapped_column(
+        ENUM(*(action.value for action in Action), name="audit_action", create_type=False),
+        nullable=False,
+    )
+    """CREATE, UPDATE, DELETE, LOGIN, LOGIN_FAILED: ``Action``'s labels, as the PostgreSQL
+    enum ``audit_action``, which refuses any other value (migration 012). Read and written
+    as the label's text, as when the column was text."""
+    resource_type: Mapped[str] = mapped_column(
+        ENUM(*(kind.value for kind in ResourceType), name="audit_resource_type", create_type=False),
+        nullable=False,
+    )
+    """What was changed: ``user`` or ``audit_log``, ``ResourceType``'s labels, as the
+    PostgreSQL enum ``audit_resource_type`` (migration 012); read and written as text."""
     resource_id: Mapped[str] = mapped_column(String(64, collation="C"), nullable=False)
     """Id of what was changed, as text (``""`` when there is none)."""
     details: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, server_default="{}")
