@@ -61,10 +61,6 @@ class LastAdmin(Conflict):
     detail = "The last active ADMIN cannot be demoted or deactivated"
 
 
-class DeletionRecordKept(Conflict):
-    detail = "An entry that records a deletion cannot itself be deleted"
-
-
 class TooManyAttempts(FundError):
     status = HTTPStatus.TOO_MANY_REQUESTS
     detail = "Too many failed login attempts; try again later"

@@ -293,7 +293,6 @@ def _audit_sql(seed: int, *, base_id: int, total: int, pool: _ActorPool) -> str:
     pool0 = pool.first_id - 1
     action_draw = r.fraction("n", "action")
     later_action_draw = r.fraction(f"(n + {lag})", "action")
-    earlier_action_draw = r.fraction(f"(n - {lag})", "action")
     role_change = r.below("n", "role_change", len(ROLE_CHANGES))
     email_of_target, created_snapshot = _described_users(pool)
     # Constant details are written once as literals, not built per row.
@@ -346,19 +345,15 @@ def _audit_sql(seed: int, *, base_id: int, total: int, pool: _ActorPool) -> str:
            {r.pick("n", "agent", USER_AGENTS)},
            encode(int8send(hashint8extended(n, {_key(seed, "audit_logs.request_hi")}))
                   || int8send(hashint8extended(n, {_key(seed, "audit_logs.request_lo")})), 'hex'),
-           -- Soft-deleted exactly when the entry {lag} rows later is the DELETE that targets it
-           -- (which is never one that records a deletion: the API keeps those shown).
-           n + {lag} <= {total} AND {later_action_draw} >= 0.99 AND action_draw < 0.99
+           -- Soft-deleted exactly when the entry {lag} rows later is the DELETE that targets it.
+           n + {lag} <= {total} AND {later_action_draw} >= 0.99
     FROM (
-        SELECT n, p, eligible, known_draw, change_draw, action_draw,
+        SELECT n, p, eligible, known_draw, change_draw,
                -- u * u, not power(): libm may differ between machines, IEEE products do not.
                {pool0} + 1 + floor(eligible * actor_draw * actor_draw)::bigint
                    AS actor,
                {pool0} + 1 + floor(eligible * {r.fraction("n", "target")})::bigint AS target,
-               -- A deletion of an entry whose own draw made it a deletion record is a LOGIN.
-               CASE WHEN action_draw < 0.56
-                         OR (action_draw >= 0.99
-                             AND (n <= {lag} OR {earlier_action_draw} >= 0.99)) THEN 0
+               CASE WHEN action_draw < 0.56 OR (action_draw >= 0.99 AND n <= {lag}) THEN 0
                     WHEN action_draw < 0.64 THEN 1
                     WHEN action_draw < 0.84 THEN 2
                     WHEN action_draw < 0.95 THEN 3

@@ -25,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql import FromClause
 
-from fund.audit.schemas import Action, AuditFilters, ExportFormat, ResourceType
+from fund.audit.schemas import Action, AuditFilters, ExportFormat
 from fund.db import DriverQuery, Repository, driver_copy, driver_fetch, unescape_copy_text
 from fund.kit.pagination import (
     Keyset,
@@ -263,18 +263,10 @@ class AuditRepository(Repository):
         return row
 
     async def soft_delete(self, entry_id: int) -> bool:
-        """Mark an entry deleted; False when it does not exist, already is, or records the
-        deletion of another entry (which stays shown: ``AuditService.soft_delete``)."""
+        """Mark an entry deleted; False when it does not exist or already is."""
         result = await self.session.execute(
             update(AuditLog)
-            .where(
-                AuditLog.id == entry_id,
-                AuditLog.is_deleted.is_(False),
-                ~(
-                    (AuditLog.action == Action.DELETE)
-                    & (AuditLog.resource_type == ResourceType.AUDIT_LOG)
-                ),
-            )
+            .where(AuditLog.id == entry_id, AuditLog.is_deleted.is_(False))
             .values(is_deleted=True)
             .returning(AuditLog.id)
         )
