@@ -264,6 +264,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             log_config=None,
             access_log=False,
             proxy_headers=settings.trust_forwarded_for,
+            # Trusted from any peer, as the setting promises (reachable through the proxy
+            # alone): uvicorn's default trusts only 127.0.0.1, so a proxy on another host
+            # had its X-Forwarded-Proto ignored (no https, no HSTS).
+            forwarded_allow_ips="*" if settings.trust_forwarded_for else None,
             timeout_graceful_shutdown=settings.shutdown_timeout,
             http=JSONErrorsHttpToolsProtocol,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 from collections.abc import AsyncIterator, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +24,13 @@ from fund.config import (
 )
 from fund.main import create_app
 from tests.conftest import SECRET, Account
-from tests.ops.processes import FUND, environment_without_fund
+from tests.ops.processes import (
+    FUND,
+    environment_without_fund,
+    serve_environment,
+    spare_port,
+    start_serve,
+)
 
 
 def production(**overrides: Any) -> Settings:
@@ -342,3 +349,31 @@ async def test_an_http_1_1_request_needs_exactly_one_host(app: FastAPI) -> None:
     assert await _raw_get(app, "1.1", [host, (b"host", b"other.example")]) == 400
     assert await _raw_get(app, "1.1", [host]) == 200
     assert await _raw_get(app, "1.0", []) == 200  # HTTP/1.0 had no Host to require
+
+
+async def test_a_trusted_proxy_on_another_host_gives_the_scheme(
+    database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    """``FUND_TRUST_FORWARDED_FOR`` takes ``X-Forwarded-Proto`` from the proxy wherever it
+    runs (OPERATIONS.md): uvicorn, told nothing, trusts it from 127.0.0.1 alone, so behind
+    a load balancer on another host no request was https and none got HSTS."""
+    port = spare_port()
+    env = serve_environment(
+        database_url, redis_url, tmp_path / "data", FUND_TRUST_FORWARDED_FOR="true"
+    )
+    process = start_serve(env, port, tmp_path / "serve.log")
+    try:
+        # From 127.0.0.5: a peer that is not uvicorn's default trusted address.
+        transport = httpx.AsyncHTTPTransport(local_address="127.0.0.5")
+        async with httpx.AsyncClient(
+            transport=transport, base_url=f"http://127.0.0.1:{port}"
+        ) as http:
+            proxied = await http.get("/healthz", headers={"X-Forwarded-Proto": "https"})
+            plain = await http.get("/healthz")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+
+    assert proxied.status_code == plain.status_code == 200
+    assert "strict-transport-security" in proxied.headers
+    assert "strict-transport-security" not in plain.headers
