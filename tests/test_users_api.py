@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -969,3 +970,32 @@ async def test_a_repeated_json_key_without_a_token_is_401(client: httpx.AsyncCli
         headers={"Content-Type": "application/json"},
     )
     assert response.status_code == 401
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+async def test_a_json_body_sent_without_its_media_type_is_told_so(
+    client: httpx.AsyncClient, admin: Account, content_type: str | None
+) -> None:
+    """FastAPI reads a body as JSON only when its Content-Type says so; pydantic's message
+    ("a valid dictionary or object") named no cause for a body that was valid JSON."""
+    body = orjson.dumps(new_user(email="typed@example.com"))
+    headers = {**admin.headers, "Content-Type": content_type or ""}
+
+    response = await client.post(USERS, content=body, headers=headers)
+
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body"]
+    assert error["msg"] == "Send the body as JSON, with Content-Type: application/json"
+    sent = await client.post(
+        USERS, content=body, headers={**admin.headers, "Content-Type": "application/json"}
+    )
+    assert sent.status_code == 201
+    wrong = await client.post(
+        USERS, content=b"[1]", headers={**admin.headers, "Content-Type": "application/json"}
+    )
+    assert wrong.status_code == 422
+    assert (
+        wrong.json()["detail"][0]["msg"]
+        != "Send the body as JSON, with Content-Type: application/json"
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, nullcontext
 from typing import Any
 
@@ -166,13 +166,13 @@ def install_error_handlers(app: FastAPI) -> None:
         return await http_exception_handler(request, error)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
         # Inputs are not echoed back: a rejected password must not travel twice.
         detail = [
             {
                 "type": e.get("type"),
                 "loc": list(e.get("loc", ())),
-                "msg": validation_message(str(e.get("msg", ""))),
+                "msg": _body_message(request, e) or validation_message(str(e.get("msg", ""))),
             }
             for e in error.errors()
         ]
@@ -226,6 +226,23 @@ def _database_error(sqlstate: str, orig: Any, *, invalidated: bool) -> JSONRespo
         return JSONResponse({"detail": "Invalid value"}, status_code=422)
     log.error("database_error", sqlstate=sqlstate, error=str(orig)[:500])
     return JSONResponse({"detail": "Internal server error"}, status_code=500)
+
+
+NOT_JSON = "Send the body as JSON, with Content-Type: application/json"
+
+
+def _body_message(request: Request, error: Mapping[str, Any]) -> str | None:
+    """What to say of a body FastAPI did not read as JSON because its Content-Type did not
+    say JSON (missing, ``text/plain``): pydantic's "a valid dictionary" names no cause."""
+    if tuple(error.get("loc", ())) != ("body",) or error.get("type") not in _NOT_AN_OBJECT:
+        return None
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type == "application/json" or media_type.endswith("+json"):
+        return None
+    return NOT_JSON
+
+
+_NOT_AN_OBJECT = {"model_attributes_type", "dict_type", "model_type"}
 
 
 def _sqlstate(error: sa_exc.DBAPIError) -> str:
