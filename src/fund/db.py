@@ -69,7 +69,8 @@ def refuse_closed_connections(engine: AsyncEngine) -> None:
     The same job as ``pool_pre_ping`` without its cost: the asyncpg ping is a BEGIN and a
     ROLLBACK, two round trips on every checkout. asyncpg already knows when the server closed
     the socket; a connection that dies unnoticed fails its statement, which is answered 503
-    and invalidates the whole pool, so the next request gets fresh connections.
+    and replaces it (the whole pool, when the statement went through a session), so the
+    requests after it get fresh connections.
     """
 
     def _check(_dbapi_connection: Any, _record: Any, proxy: Any) -> None:
