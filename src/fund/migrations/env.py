@@ -8,10 +8,12 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from fund.models import Base
-
 config = context.config
-target_metadata = Base.metadata
+target_metadata = None
+"""Migrations are written by hand, and autogenerate is off (Alembic refuses ``--autogenerate``
+without metadata): the models describe the columns the code reads, not the indexes, partial
+indexes, CHECK constraints, triggers and statistics targets the migrations make, so a
+comparison against them would propose dropping those."""
 
 MIGRATION_LOCK = 0x66756E64_6D696772  # "fundmigr": one advisory lock key, per database
 """Held while one process migrates; others wait for it, then find nothing left to do."""
