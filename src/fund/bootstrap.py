@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from fund.audit.service import Actor
 from fund.config import Settings, validation_message
-from fund.db import UnitOfWork, create_engine, create_sessionmaker
+from fund.db import create_engine, create_sessionmaker, unit_of_work
 from fund.errors import EmailTaken, FundError
 from fund.kit.cache import Cache
 from fund.kit.pagination import CursorCodec
@@ -68,45 +68,42 @@ async def create_user(
             f"{'.'.join(map(str, e['loc']))}: {validation_message(e['msg'])}" for e in exc.errors()
         )
         raise CreateUserFailed(reasons) from exc
-    async with _user_service(settings) as (service, work):
-        try:
+    try:
+        async with _user_service(settings) as service:
             user = await service.create(_cli_actor(), data)
-        except FundError as exc:
-            raise CreateUserFailed(exc.detail) from exc
-        await work.commit()
-        return user.id
+    except FundError as exc:
+        raise CreateUserFailed(exc.detail) from exc
+    return user.id
 
 
 async def create_first_admin(settings: Settings) -> tuple[str, str] | None:
     """An empty development database gets one ADMIN with a random password, printed once."""
-    async with _user_service(settings) as (service, work):
-        try:
+    try:
+        async with _user_service(settings) as service:
             created = await service.create_first_admin(_cli_actor(), FIRST_ADMIN_EMAIL)
-        except EmailTaken:
-            return None  # another process, starting at the same moment, made it first
-        await work.commit()
+    except EmailTaken:
+        return None  # another process, starting at the same moment, made it first
     if created is None:
         return None
     return created[0].email, created[1]
 
 
 @asynccontextmanager
-async def _user_service(settings: Settings) -> AsyncIterator[tuple[UserService, UnitOfWork]]:
-    """A one-off unit of work outside HTTP; no cache to invalidate (nothing cached a new user)."""
+async def _user_service(settings: Settings) -> AsyncIterator[UserService]:
+    """A one-off unit of work outside HTTP, committed as a request's is (``unit_of_work``)
+    when the block ends, rolled back if it raises; no cache to invalidate (nothing cached a
+    new user)."""
     assert settings.database_url is not None
     engine = create_engine(settings.database_url, settings)
     try:
-        async with UnitOfWork(create_sessionmaker(engine)) as work:
-            yield (
-                UserService(
-                    work,
-                    Cache(None),
-                    # Nothing this command signs leaves it: a key of its own, so that it does
-                    # not make (and announce) the development key file in the working directory.
-                    CursorCodec(secrets.token_bytes(32)),
-                    cache_ttl=settings.cache_user_ttl,
-                ),
+        async with unit_of_work(create_sessionmaker(engine)) as work:
+            yield UserService(
                 work,
+                Cache(None),
+                # Nothing this command signs leaves it: a key of its own, so that it does
+                # not make (and announce) the development key file in the working directory.
+                CursorCodec(secrets.token_bytes(32)),
+                cache_ttl=settings.cache_user_ttl,
             )
     finally:
         await engine.dispose()
