@@ -292,18 +292,9 @@ class UserService:
             )
 
     async def deactivate(self, actor: Actor, user_id: int) -> None:
-        ordered = await self.repository.lock_admin_removals_if_admin(user_id)  # before the row
-        user = await self._lock_for_change(actor, user_id)
-        if not user.is_active:
-            return  # already deactivated: idempotent
-        await self._keep_an_admin(user, role=user.role, is_active=False, ordered=ordered)
-        user.is_active = False
-        self._end_sessions(user, keep=None)  # they stay ended if it is activated again
-        await self.repository.save(user)
-        await self.audit.record(
-            actor, Action.DELETE, ResourceType.USER, user.id, at=user.updated_at
-        )
-        self._invalidate_after_commit(user.id)
+        """``DELETE /users/{id}``: the same change as ``PATCH`` with ``is_active: false``
+        (its rules, its DELETE entry, its sessions ended); nothing when already inactive."""
+        await self.update(actor, user_id, UserUpdate(is_active=False))
 
     async def create_first_admin(self, actor: Actor, email: str) -> tuple[UserRead, str] | None:
         """In development, an empty database gets one ADMIN with a random password."""
