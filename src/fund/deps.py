@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -11,6 +12,7 @@ from fastapi import Depends, Request, Response
 from fastapi.routing import APIRoute
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from fund.audit.schemas import AuditFilters, ExportFormat
 from fund.audit.service import Actor, AuditService
 from fund.auth.service import AuthService
 from fund.auth.throttle import LoginThrottle
@@ -141,6 +143,19 @@ async def get_user_service(request: Request) -> UserService:
 
 async def get_audit_service(request: Request) -> AuditService:
     return AuditService(work_of(request), resources_of(request).cursors)
+
+
+async def audit_export(
+    resources: Resources, filters: AuditFilters, export_format: ExportFormat
+) -> AsyncGenerator[bytes, None]:
+    """An export's body, on a unit of work of its own: the stream outlives the request's."""
+    async with UnitOfWork(resources.sessions) as work:
+        chunks = AuditService(work, resources.cursors).export(
+            filters, export_format, slots=resources.export_slots
+        )
+        async with aclosing(chunks):
+            async for chunk in chunks:
+                yield chunk
 
 
 async def get_auth_service(request: Request) -> AuthService:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import aclosing
 from typing import Annotated
 
 import structlog
@@ -17,15 +16,11 @@ from fund.audit.schemas import (
     AUDIT_EXPORT_QUERY,
     AUDIT_LIST_QUERY,
     AuditExportQuery,
-    AuditFilters,
     AuditListQuery,
     AuditLogRead,
-    ExportFormat,
 )
-from fund.audit.service import AuditService
 from fund.auth.dependencies import AdminActor, AdminUser
-from fund.db import UnitOfWork
-from fund.deps import AuditServiceDep, Resources, ResourcesDep, UnitOfWorkRoute
+from fund.deps import AuditServiceDep, ResourcesDep, UnitOfWorkRoute, audit_export
 from fund.errors import (
     BadCursor,
     ExportsBusy,
@@ -82,7 +77,7 @@ async def export_audit_logs(
     resources: ResourcesDep,
 ) -> StreamingResponse:
     """Every matching entry in page order, streamed in constant memory."""
-    chunks = _export_chunks(resources, query.filters, query.format)
+    chunks = audit_export(resources, query.filters, query.format)
     try:
         # Before the status line: an export that cannot start (the database is down, say)
         # is answered with its error status, not with a 200 and a broken body.
@@ -119,19 +114,6 @@ async def soft_delete_audit_log(
 ) -> None:
     """Soft delete: the entry stays, flagged `is_deleted`; the deletion is audited."""
     await audit.soft_delete(actor, entry_id)
-
-
-async def _export_chunks(
-    resources: Resources, filters: AuditFilters, export_format: ExportFormat
-) -> AsyncGenerator[bytes, None]:
-    # Its own unit of work: the stream outlives the request's.
-    async with UnitOfWork(resources.sessions) as work:
-        chunks = AuditService(work, resources.cursors).export(
-            filters, export_format, slots=resources.export_slots
-        )
-        async with aclosing(chunks):
-            async for chunk in chunks:
-                yield chunk
 
 
 EXPORT_STALL_SECONDS = 60.0
