@@ -15,6 +15,7 @@ from sqlalchemy import text
 from fund.deps import Resources
 from fund.kit.schemas import PageOut
 from fund.stats.schemas import StatsOut
+from fund.users.repository import SHOWN
 from fund.users.schemas import UserRead, UserWithAuditRead
 from tests.conftest import Account
 
@@ -122,3 +123,9 @@ async def test_a_page_with_audit_logs_is_what_pageout_renders(
     for entry in entries:  # as the single-entry route, rendered by its model, shows it
         single = await client.get(f"/api/v1/audit-logs/{entry['id']}", headers=admin.headers)
         assert single.json() == entry
+
+
+def test_the_columns_read_for_users_are_the_fields_shown() -> None:
+    """Pages and cache entries are built from these columns without models: a field added
+    to ``UserRead`` must be read, and nothing it does not show (the hash) may be."""
+    assert [column.name for column in SHOWN] == list(UserRead.model_fields)

@@ -34,7 +34,7 @@ from fund.kit.pagination import (
     rows_to_read,
 )
 from fund.models import Role, User
-from fund.users.schemas import UserFilters, UserRead
+from fund.users.schemas import UserFilters
 
 T = TypeVar("T")
 
@@ -188,8 +188,18 @@ def _matches_nearby(names: tuple[str, ...], direction: Direction | None, rows: i
     return DriverQuery(select(func.count().label("matches")).select_from(found))
 
 
-# The columns ``UserRead`` shows, in its order: neither the password hash nor the token version.
-SHOWN = tuple(User.__table__.c[name] for name in UserRead.model_fields)
+_users = User.__table__.c
+SHOWN = (
+    _users.id,
+    _users.email,
+    _users.full_name,
+    _users.role,
+    _users.is_active,
+    _users.created_at,
+    _users.updated_at,
+)
+"""The columns a page or a cache entry of users reads: what ``UserRead`` shows, in its order
+(a test holds the two together), never the password hash or the token version."""
 
 
 ADMIN_REMOVAL_LOCK = 0x66756E64_61646D6E
