@@ -178,6 +178,8 @@ class UnitOfWork:
         (a retried password change would be made and audited twice).
         """
         callbacks, self._after_commit = self._after_commit, []
+        if not callbacks and not self.in_transaction():
+            return  # a read outside a transaction: nothing to commit, no task to make
         # In a task of its own, which the request's cancellation (a shutdown that ran out of
         # FUND_SHUTDOWN_TIMEOUT) does not reach: once COMMIT is on its way, the invalidations
         # after it must run, or a deactivated account's cached entry keeps its sessions alive
