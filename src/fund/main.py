@@ -118,6 +118,9 @@ def create_app(settings: Settings | None = None, *, settle_heap: bool = False) -
         # A path with a trailing slash is not a route: a 404, not a redirect to a URL
         # built from the request's Host header (which a client chooses).
         redirect_slashes=False,
+        # The service's metrics are Prometheus (/metrics). FastAPI's OpenTelemetry hooks off:
+        # each request otherwise looks its three providers up in the environment.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.add_middleware(
         RequestContextMiddleware,
