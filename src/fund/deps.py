@@ -163,7 +163,6 @@ async def get_auth_service(request: Request) -> AuthService:
     return AuthService(
         work_of(request),
         resources.throttle,
-        resources.cursors,
         token_key=resources.token_key,
         token_minutes=resources.settings.access_token_minutes,
     )

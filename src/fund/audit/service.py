@@ -44,10 +44,13 @@ def _valid_ip(value: str | None) -> str | None:
         return None
 
 
-class AuditService:
-    def __init__(self, work: UnitOfWork, cursors: CursorCodec) -> None:
+class AuditTrail:
+    """The trail as the other domains use it: they write their entries to it, in their own
+    unit of work, and read a user's latest (``include=audit_logs``). No cursors: its own
+    pages are ``AuditService``'s."""
+
+    def __init__(self, work: UnitOfWork) -> None:
         self.repository = AuditRepository(work)
-        self.cursors = cursors
 
     async def record(
         self,
@@ -82,6 +85,22 @@ class AuditService:
             )
         )
 
+    async def latest_by_actors(
+        self, user_ids: Sequence[int], per_user: int
+    ) -> list[dict[str, Any]]:
+        """Each actor's ``per_user`` newest entries (hidden ones left out), as rows of
+        ``AuditLogRead``'s fields: by actor, newest first."""
+        return await self.repository.latest_rows_by_actors(user_ids, per_user)
+
+
+class AuditService:
+    """The trail's own routes: reading, paging, exporting and soft-deleting entries."""
+
+    def __init__(self, work: UnitOfWork, cursors: CursorCodec) -> None:
+        self.repository = AuditRepository(work)
+        self.trail = AuditTrail(work)
+        self.cursors = cursors
+
     async def get(self, entry_id: int) -> AuditLog:
         entry = await self.repository.get(entry_id)
         if entry is None:
@@ -109,7 +128,7 @@ class AuditService:
         if not await self.repository.soft_delete(entry_id):
             await self.get(entry_id)  # 404 when it does not exist
             return  # already deleted: idempotent, nothing new to record
-        await self.record(actor, Action.DELETE, ResourceType.AUDIT_LOG, entry_id)
+        await self.trail.record(actor, Action.DELETE, ResourceType.AUDIT_LOG, entry_id)
 
     async def export(
         self, filters: AuditFilters, export_format: ExportFormat, *, slots: Slots
@@ -138,10 +157,3 @@ class AuditService:
                 yield header
         finally:
             slots.give_back()
-
-    async def latest_by_actors(
-        self, user_ids: Sequence[int], per_user: int
-    ) -> list[dict[str, Any]]:
-        """Each actor's ``per_user`` newest entries (hidden ones left out), as rows of
-        ``AuditLogRead``'s fields: by actor, newest first."""
-        return await self.repository.latest_rows_by_actors(user_ids, per_user)

@@ -8,11 +8,10 @@ import anyio
 import structlog
 
 from fund.audit.schemas import Action, ResourceType
-from fund.audit.service import Actor, AuditService
+from fund.audit.service import Actor, AuditTrail
 from fund.auth.throttle import LoginThrottle
 from fund.db import UnitOfWork
 from fund.errors import InvalidCredentials, NotAuthenticated, NotFound, TooManyAttempts
-from fund.kit.pagination import CursorCodec
 from fund.kit.security import (
     AccessToken,
     InvalidToken,
@@ -44,13 +43,12 @@ class AuthService:
         self,
         work: UnitOfWork,
         throttle: LoginThrottle,
-        cursors: CursorCodec,
         *,
         token_key: bytes,
         token_minutes: int,
     ) -> None:
         self.users = UserRepository(work)
-        self.audit = AuditService(work, cursors)
+        self.audit = AuditTrail(work)
         self.throttle = throttle
         self.token_key = token_key
         self.token_minutes = token_minutes

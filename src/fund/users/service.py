@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from fund.audit.schemas import Action, ResourceType
-from fund.audit.service import Actor, AuditService
+from fund.audit.service import Actor, AuditTrail
 from fund.db import UnitOfWork
 from fund.errors import EmailTaken, Forbidden, LastAdmin, NotAuthenticated, NotFound
 from fund.kit.cache import Cache, Found
@@ -76,7 +76,7 @@ class UserService:
     ) -> None:
         self.work = work
         self.repository = UserRepository(work)
-        self.audit = AuditService(work, cursors)
+        self.audit = AuditTrail(work)
         self.cache = cache
         self.cursors = cursors
         self.cache_ttl = cache_ttl
