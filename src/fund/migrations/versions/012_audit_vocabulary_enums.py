@@ -20,8 +20,10 @@ columns (one rewrite), then rebuilds every index of ``audit_logs``. Meanwhile no
 the trail, and writes to it wait: as every change of the service writes an entry, every
 change waits (sign-ins too). The ``ALTER`` first waits for every open transaction that has
 read or written the table, a streaming export among them, and everything that comes after
-it queues behind that wait. On a large trail plan
-a maintenance window with the service stopped: on the 10M seeded entries of a scratch
+it queues behind that wait. On a large trail plan a maintenance window with the service
+stopped, and stop it in any case: an app server of an earlier release sends these values as
+``varchar``, which the enums refuse (every audited change would answer 500), so this release
+cannot be rolled server by server (docs/OPERATIONS.md). On the 10M seeded entries of a scratch
 database (4.8 GB with its indexes), this machine (2 cores), ``maintenance_work_mem`` at its
 default 64MB, ``fund db upgrade`` took 40.1 s and ``fund db downgrade 011`` 43.7 s
 (2026-11-29), about 4 s per million entries.
