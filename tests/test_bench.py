@@ -16,10 +16,12 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from fund.bench import DEFAULT_OUTPUT, SCENARIOS, add_arguments, http, report_directory, run_bench
+from fund.bench import http
+from fund.bench.arguments import DEFAULT_OUTPUT, SCENARIOS, add_arguments
 from fund.bench.database import NotBenchDatabase, drop_bench_database, prepare_bench_database
 from fund.bench.http import parse_wrk
 from fund.bench.report import CHARTS
+from fund.bench.runner import report_directory, run_bench
 from fund.config import Environment, Settings
 from tests.conftest import SECRET
 from tests.services import PostgresServer

@@ -18,34 +18,39 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-import asyncpg
-from alembic import command
-from alembic.config import Config
-from alembic.util import CommandError
-from pydantic import ValidationError
-from sqlalchemy.exc import DBAPIError
-
-from fund.config import (
-    Environment,
-    Settings,
-    UnsafeSettingsError,
-    get_settings,
-    settings_problem,
-    unknown_variables,
-    variables_given,
-)
-from fund.db import alembic_config
-from fund.kit import embedded
+from fund.bench.arguments import add_arguments as add_bench_arguments
 from fund.kit.arguments import whole_number
-from fund.kit.logging import configure_logging
-from fund.kit.metrics import MULTIPROC_DIR_ENV
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+    from fund.config import Settings
+
+# The rest (pydantic settings, SQLAlchemy, asyncpg, Alembic, the app) is imported once the
+# command line has been read: `fund --help` and a mistyped option answer in a tenth of a
+# second instead of a second.
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
+    import asyncpg
+    from alembic.util import CommandError
+    from pydantic import ValidationError
+    from sqlalchemy.exc import DBAPIError
+
+    from fund.config import (
+        UnsafeSettingsError,
+        get_settings,
+        settings_problem,
+        unknown_variables,
+        variables_given,
+    )
+    from fund.kit import embedded
+    from fund.kit.logging import configure_logging
+
     try:
         settings = get_settings()
     except (UnsafeSettingsError, ValidationError, UnicodeDecodeError) as exc:
@@ -77,21 +82,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     raise SystemExit(code or 0)
 
 
-_NOT_MIGRATED = {
-    asyncpg.UndefinedTableError.sqlstate,
-    asyncpg.UndefinedColumnError.sqlstate,
-}
-"""A table or column the code expects is missing: the schema is behind the code."""
-
-
 def _environment_error(exc: BaseException) -> str:
+    import asyncpg
+    from sqlalchemy.exc import DBAPIError
+
+    # A table or column the code expects is missing: the schema is behind the code.
+    not_migrated = {asyncpg.UndefinedTableError.sqlstate, asyncpg.UndefinedColumnError.sqlstate}
     refused = isinstance(exc, DBAPIError | asyncpg.PostgresError)
     if isinstance(exc, DBAPIError) and exc.orig is not None:
         exc = exc.orig  # the driver's message, without SQLAlchemy's statement and link
     if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
         why = str(exc) or "no answer within FUND_DB_CONNECT_TIMEOUT"  # a timeout says nothing
         return f"cannot reach the database ({why}): is FUND_DATABASE_URL right, and is it up?"
-    if getattr(exc, "sqlstate", None) in _NOT_MIGRATED:
+    if getattr(exc, "sqlstate", None) in not_migrated:
         return (
             f"the database is not migrated for this version of fund ({str(exc).splitlines()[0]})"
             ": run `fund db upgrade`"
@@ -205,12 +208,14 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="run the benchmark scenarios and write the report")
     bench.set_defaults(handler=_bench)
-    _add_bench_arguments(bench)
+    add_bench_arguments(bench)
     return parser
 
 
 def database_url(settings: Settings) -> str:
     """The configured database, or the embedded one started now (development only)."""
+    from fund.kit import embedded
+
     if settings.database_url:
         return settings.database_url
     url = embedded.start_postgres(settings.data_dir)
@@ -219,6 +224,8 @@ def database_url(settings: Settings) -> str:
 
 
 def _settings_with_database(settings: Settings) -> Settings:
+    from fund.config import get_settings
+
     url = database_url(settings)
     get_settings.cache_clear()
     return settings.model_copy(update={"database_url": url})
@@ -226,7 +233,10 @@ def _settings_with_database(settings: Settings) -> Settings:
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
+    from alembic import command
 
+    from fund.config import Environment, get_settings
+    from fund.kit import embedded
     from fund.kit.http_protocol import JSONErrorsHttpToolsProtocol
 
     refused = _cannot_listen(args.host, args.port)
@@ -317,6 +327,8 @@ def _metrics_directory(workers: int) -> Iterator[None]:
     It is set in the environment before uvicorn spawns the workers, so prometheus_client
     starts in multiprocess mode in each of them. A directory the operator set is used as is.
     """
+    from fund.kit.metrics import MULTIPROC_DIR_ENV
+
     if workers <= 1 or os.environ.get(MULTIPROC_DIR_ENV):
         yield
         return
@@ -344,20 +356,28 @@ async def _first_admin(settings: Settings) -> None:
 
 def _migrations(url: str, settings: Settings, *, stdout: TextIO = sys.stdout) -> Config:
     """Alembic's configuration for ``url``, connecting as the service does (its timeout)."""
+    from fund.db import alembic_config
+
     return alembic_config(url, connect_timeout=settings.db_connect_timeout, stdout=stdout)
 
 
 def _db_upgrade(_: argparse.Namespace, settings: Settings) -> int:
+    from alembic import command
+
     command.upgrade(_migrations(database_url(settings), settings), "head")
     return 0
 
 
 def _db_downgrade(args: argparse.Namespace, settings: Settings) -> int:
+    from alembic import command
+
     command.downgrade(_migrations(database_url(settings), settings), args.revision)
     return 0
 
 
 def _db_current(_: argparse.Namespace, settings: Settings) -> int:
+    from alembic import command
+
     shown = io.StringIO()
     command.current(_migrations(database_url(settings), settings, stdout=shown), verbose=False)
     print(shown.getvalue().strip() or "none: no migration applied (fund db upgrade applies them)")
@@ -389,16 +409,8 @@ def _seed(args: argparse.Namespace, settings: Settings) -> int:
     return run_seed(settings, users=args.users, audit_logs=args.audit_logs, seed=args.seed)
 
 
-def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    try:
-        from fund.bench import add_arguments
-    except ImportError:
-        return
-    add_arguments(parser)
-
-
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
-    from fund.bench import run_bench
+    from fund.bench.runner import run_bench
 
     settings = _settings_with_database(settings)
     return run_bench(settings, args)

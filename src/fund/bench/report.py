@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from fund.bench.arguments import SCENARIOS
 from fund.bench.database import BenchDatabase
 from fund.bench.http import CacheResult, ExportResult, LoadRun
 from fund.bench.queries import DepthResult, NPlusOneResult, SearchResult
@@ -20,7 +21,6 @@ EXPORT_FLAT_MIB = 32.0
 SEED_ROWS_PER_S = 11_000_000 / 60
 """The seeding bar: 1M users plus 10M audit entries in 60 s, all in."""
 
-SCENARIO_NAMES = ("search", "depth", "nplusone", "cache", "export", "http")
 CHARTS = (
     "targets.png",
     "search_indexes.png",
@@ -377,7 +377,7 @@ def _markdown(run: BenchRun, chart_names: list[str]) -> list[str]:
         "",
         *(
             [f"Scenarios in this run: {', '.join(run.scenarios)} (`--only`).", ""]
-            if len(run.scenarios) < len(SCENARIO_NAMES)
+            if len(run.scenarios) < len(SCENARIOS)
             else []
         ),
         "## Machine",
