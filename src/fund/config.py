@@ -23,6 +23,9 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 ENV_PREFIX = "FUND_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _POSTGRESQL_SCHEMES = {"postgresql", "postgres", "postgresql+asyncpg"}
+_URL_PARAMETERS = {"host", "port", "ssl", "sslmode", "target_session_attrs"}
+"""What a database URL's query may hold: what both asyncpg's ``connect()`` and its DSN take
+(``host``/``port`` for a socket directory or several hosts; ``sslmode`` read as ``ssl``)."""
 _REDIS_SCHEMES = {"redis", "rediss", "unix"}
 
 
@@ -117,7 +120,19 @@ class Settings(BaseSettings):
             )
         if port is not None and not 1 <= port <= 65535:
             raise ValueError("the port must be between 1 and 65535")
+        if not url.database:
+            # asyncpg would take the user's name for it: `postgres`, the maintenance database.
+            raise ValueError("name the database: postgresql+asyncpg://user@host:port/database")
         query = dict(url.query)
+        unknown = sorted(set(query) - _URL_PARAMETERS)
+        if unknown:
+            # asyncpg takes the query as keyword arguments and has none of these (a TypeError
+            # deep in the first connection). Say which, and what stands for the usual ones.
+            raise ValueError(
+                f"the URL parameter {unknown[0]!r} is not supported (supported: "
+                f"{', '.join(sorted(_URL_PARAMETERS))}; the connect timeout is "
+                "FUND_DB_CONNECT_TIMEOUT, the statement timeout FUND_DB_STATEMENT_TIMEOUT_MS)"
+            )
         if "sslmode" in query:
             query.setdefault("ssl", query["sslmode"])
             del query["sslmode"]

@@ -103,12 +103,21 @@ def test_database_urls_are_read_for_asyncpg_or_refused_in_one_line() -> None:
         "postgresql+asyncpg://u:p%40ss@db:5432/fund?ssl=require"
     )
     assert url("postgres://u@db/fund") == "postgresql+asyncpg://u@db/fund"
+    assert url("postgresql://u@/fund?host=/run/pg&port=5433&target_session_attrs=any") == (
+        "postgresql+asyncpg://u@/fund?host=%2Frun%2Fpg&port=5433&target_session_attrs=any"
+    )
     for value, problem in {
         "garbage": "not a database URL",
         "sqlite:///fund.db": "sqlite:// is not a database fund runs on",
         "postgresql+psycopg://u@db/fund": "postgresql+psycopg:// is not a database fund runs on",
         "postgresql://u:pw@db:99999/fund": "the port must be between 1 and 65535",
         "postgresql://[::1/fund": "not a database URL",
+        # asyncpg takes the query as keywords: these were a TypeError's 90-line traceback.
+        "postgresql://u@db/fund?connect_timeout=10": "the URL parameter 'connect_timeout'",
+        "postgresql://u@db/fund?application_name=x": "the URL parameter 'application_name'",
+        # Without a database asyncpg takes the user's name: `postgres`, the maintenance one.
+        "postgresql://postgres@db:5432/": "name the database",
+        "postgresql://postgres@db": "name the database",
     }.items():
         with pytest.raises(ValidationError) as refused:
             url(value)
