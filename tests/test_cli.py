@@ -218,6 +218,15 @@ async def test_a_database_without_the_schema_is_told_to_run_the_migrations(
             "fund: the database is not migrated for this version of fund "
             '(relation "users" does not exist): run `fund db upgrade`'
         )
+        # One migration behind (011, before the audit enums): told the same, not "refused".
+        assert (await fund(url, "db", "upgrade"))[0] == 0
+        assert (await fund(url, "db", "downgrade", "011"))[0] == 0
+        code, out, err = await fund(url, *create("behind@example.com"))
+        assert (code, out) == (1, "")
+        assert err.strip() == (
+            "fund: the database is not migrated for this version of fund "
+            '(type "audit_action" does not exist): run `fund db upgrade`'
+        )
     finally:
         await admin.execute('DROP DATABASE IF EXISTS "fund_test_unmigrated" WITH (FORCE)')
         await admin.close()

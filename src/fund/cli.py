@@ -86,8 +86,12 @@ def _environment_error(exc: BaseException) -> str:
     import asyncpg
     from sqlalchemy.exc import DBAPIError
 
-    # A table or column the code expects is missing: the schema is behind the code.
-    not_migrated = {asyncpg.UndefinedTableError.sqlstate, asyncpg.UndefinedColumnError.sqlstate}
+    # A table, column or type the code expects is missing: the schema is behind the code.
+    not_migrated = {
+        asyncpg.UndefinedTableError.sqlstate,
+        asyncpg.UndefinedColumnError.sqlstate,
+        asyncpg.UndefinedObjectError.sqlstate,  # the enums of migration 012, say
+    }
     refused = isinstance(exc, DBAPIError | asyncpg.PostgresError)
     if isinstance(exc, DBAPIError) and exc.orig is not None:
         exc = exc.orig  # the driver's message, without SQLAlchemy's statement and link
