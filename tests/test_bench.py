@@ -270,3 +270,20 @@ def test_a_smoke_or_partial_run_never_replaces_the_kept_report(bench_settings: S
     assert where(only=["search"]) == local
     assert where("--users", "100000", "--audit-logs", "1000000") == local
     assert _bench_args("--quick").output is None  # settled by report_directory when it runs
+
+
+def test_the_bench_refuses_production_and_a_smoke_run_keeps_to_its_own_database(
+    bench_settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It seeds through `fund seed`'s code (users sharing one known password), which refuses
+    production; and a --quick run used to drop and reseed the full-size fund_bench."""
+    production = bench_settings.model_copy(update={"env": Environment.PRODUCTION})
+    assert run_bench(production, _bench_args("--quick")) == 2
+    assert "refuses FUND_ENV=production" in capsys.readouterr().err
+
+    blocked = tmp_path / "a file"
+    blocked.write_text("")
+    quick = _bench_args("--quick", "--output", str(blocked))
+    full = _bench_args("--output", str(blocked))
+    assert run_bench(bench_settings, quick) == run_bench(bench_settings, full) == 2  # no work
+    assert (quick.database, full.database) == ("fund_bench_quick", "fund_bench")

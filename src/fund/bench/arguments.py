@@ -79,8 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--database",
         type=_database_name,
-        default="fund_bench",
-        help="the bench's own database, created on the configured server (default fund_bench); "
+        default=None,
+        help="the bench's own database, created on the configured server (default fund_bench; "
+        "fund_bench_quick with --quick, so a smoke run never replaces the full-size data); "
         "an existing database the bench did not make is never dropped",
     )
     parser.add_argument(

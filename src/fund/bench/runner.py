@@ -52,6 +52,15 @@ def _apply_quick(args: argparse.Namespace) -> None:
 
 
 def run_bench(settings: Settings, args: argparse.Namespace) -> int:
+    if settings.is_production:
+        # It seeds through `fund seed`'s code: users who share one known password.
+        print(
+            "fund bench: refuses FUND_ENV=production (seeded users share one password)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.database is None:
+        args.database = "fund_bench_quick" if args.quick else "fund_bench"
     if args.quick:
         _apply_quick(args)
     only = args.only.split(",")
