@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.pool import QueuePool
+from structlog.testing import capture_logs
 
 from fund.config import Settings
 from fund.deps import Resources
@@ -359,3 +360,24 @@ async def test_a_frozen_postgresql_is_asked_once_not_once_per_waiting_request(
         for writer in held:
             writer.close()
         server.close()
+
+
+async def test_a_redis_database_the_server_does_not_have_is_named_in_the_warning(
+    cache_settings: Settings, private_redis: PrivateRedis, admin: Account
+) -> None:
+    """``FUND_REDIS_URL=…/99`` passes the settings (a number) and leaves the cache down for
+    the life of the process; the warning said only ``ResponseError``, which reads as an
+    outage. It now carries what Redis answered."""
+    assert cache_settings.redis_url is not None
+    missing_db = cache_settings.redis_url.rsplit("/", 1)[0] + "/99"
+    settings = cache_settings.model_copy(update={"redis_url": missing_db})
+    async with running_app(settings) as app, client_for(app) as http:
+        with capture_logs() as logged:  # after the app has configured logging
+            for _ in range(5):  # reads through the cache, until its breaker opens
+                assert (await http.get("/api/v1/users/me", headers=admin.headers)).is_success
+        ready = await http.get("/readyz")
+
+    assert ready.json()["cache"] == "down"
+    warnings = [entry for entry in logged if entry["event"] == "cache_unavailable"]
+    assert warnings, logged
+    assert "DB index is out of range" in warnings[0]["detail"]

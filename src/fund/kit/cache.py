@@ -346,7 +346,12 @@ class Cache:
             if probe or self._failures >= FAILURES_TO_OPEN:
                 if not self._open_until or probe:
                     log.warning(
-                        "cache_unavailable", error=type(exc).__name__, cooldown=self.cooldown
+                        "cache_unavailable",
+                        error=type(exc).__name__,
+                        # What Redis said ("DB index is out of range" for a database it
+                        # does not have): a misconfiguration reads as one, not as an outage.
+                        detail=str(exc)[:200],
+                        cooldown=self.cooldown,
                     )
                 self._open_until = time.monotonic() + self.cooldown
             raise CircuitOpen from exc
