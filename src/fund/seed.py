@@ -770,8 +770,9 @@ def run_seed(settings: Settings, *, users: int, audit_logs: int, seed: int) -> i
         return 2
     phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in result.phases.items())
     print(
-        f"Seeded {result.users:,} users and {result.audit_logs:,} audit entries "
-        f"(seed {seed}) in {result.seconds:.1f} s: {phases}.\n"
-        f"Every seeded user signs in with the password: {SEEDED_PASSWORD}"
+        f"Seeded {result.users:,} user{'s' * (result.users != 1)} and {result.audit_logs:,} "
+        f"audit entr{'y' if result.audit_logs == 1 else 'ies'} (seed {seed}) in "
+        f"{result.seconds:.1f} s: {phases}."
+        + (f"\nEvery seeded user signs in with the password: {SEEDED_PASSWORD}" if users else "")
     )
     return 0
