@@ -20,6 +20,7 @@ from fund.config import Settings
 from fund.db import alembic_config, asyncpg_dsn
 from fund.kit.security import verify_password
 from tests.conftest import SECRET
+from tests.ops.processes import spare_port
 from tests.services import PostgresServer
 
 HEAD = ScriptDirectory.from_config(
@@ -333,3 +334,26 @@ async def test_users_create_works_for_a_uid_the_system_has_no_name_for(
     finally:
         await connection.close()
     assert agent == f"fund-cli (uid {os.getuid()}@{socket.gethostname()})"
+
+
+async def test_a_data_directory_that_cannot_be_made_is_a_bad_setting(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Named, exit 2, as any bad setting: it was a bare "[Errno 20] Not a directory" line
+    with exit 1, naming neither the variable nor what to fix."""
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+    code, _, err = await asyncio.wait_for(
+        fund(
+            database_url,
+            "serve",
+            "--port",
+            str(spare_port()),
+            FUND_SECRET_KEY="",  # unset: the development key is made in the data directory
+            FUND_DATA_DIR=str(blocker / "data"),
+        ),
+        timeout=120,
+    )
+    assert code == 2, err
+    assert f"fund: FUND_DATA_DIR: cannot use {blocker / 'data'}: Not a directory" in err
+    assert "Traceback" not in err

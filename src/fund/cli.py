@@ -17,6 +17,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, TextIO
 
@@ -68,10 +69,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         code = args.handler(args, settings)
     except (CommandError, DBAPIError, asyncpg.PostgresError, OSError) as exc:
-        # The environment's fault (no database there, no such revision), not the code's:
-        # one line that says what to fix, no traceback.
-        print(f"fund: {_environment_error(exc)}", file=sys.stderr)
-        code = 1
+        if isinstance(exc, OSError) and _in_data_dir(exc, settings.data_dir):
+            # A setting's fault, as a bad value is: named, and exit 2.
+            print(
+                f"fund: FUND_DATA_DIR: cannot use {exc.filename}: {exc.strerror}", file=sys.stderr
+            )
+            code = 2
+        else:
+            # The environment's fault (no database there, no such revision), not the code's:
+            # one line that says what to fix, no traceback.
+            print(f"fund: {_environment_error(exc)}", file=sys.stderr)
+            code = 1
     except KeyboardInterrupt:
         print("fund: interrupted", file=sys.stderr)
         code = 130
@@ -80,6 +88,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     finally:
         embedded.stop_all()
     raise SystemExit(code or 0)
+
+
+def _in_data_dir(exc: OSError, data_dir: Path) -> bool:
+    """Whether ``exc`` is about ``FUND_DATA_DIR`` or a path in it (it cannot be made, say)."""
+    if not exc.filename:
+        return False
+    path, base = Path(os.fsdecode(exc.filename)).absolute(), data_dir.absolute()
+    return path == base or base in path.parents
 
 
 def _environment_error(exc: BaseException) -> str:
