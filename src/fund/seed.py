@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 
 SEEDED_PASSWORD = "seeded-password-123"  # noqa: S105 (documented; seeded data is for development)
 """Every seeded user signs in with this password (one argon2id hash shared by all rows)."""
+PRODUCTION_REFUSAL = "refuses FUND_ENV=production (seeded users share one password)"
+"""Why ``fund seed``, and ``fund bench`` which seeds through it, will not run in production."""
 
 SPAN_START = datetime(2021, 11, 1, tzinfo=UTC)
 SPAN_END = datetime(2026, 11, 1, tzinfo=UTC)
@@ -749,10 +751,7 @@ def run_seed(settings: Settings, *, users: int, audit_logs: int, seed: int) -> i
     from alembic import command
 
     if settings.is_production:
-        print(
-            "fund: seed refuses FUND_ENV=production (seeded users share one password)",
-            file=sys.stderr,
-        )
+        print(f"fund: seed {PRODUCTION_REFUSAL}", file=sys.stderr)
         return 2
     if users < 0 or audit_logs < 0:
         print("fund: --users and --audit-logs must be zero or more", file=sys.stderr)

@@ -38,6 +38,7 @@ from fund.config import Settings
 from fund.kit import embedded
 from fund.kit.pagination import CursorCodec, page_scope
 from fund.kit.security import derive_key
+from fund.seed import PRODUCTION_REFUSAL
 from fund.users.schemas import UserFilters
 
 
@@ -52,12 +53,8 @@ def _apply_quick(args: argparse.Namespace) -> None:
 
 
 def run_bench(settings: Settings, args: argparse.Namespace) -> int:
-    if settings.is_production:
-        # It seeds through `fund seed`'s code: users who share one known password.
-        print(
-            "fund bench: refuses FUND_ENV=production (seeded users share one password)",
-            file=sys.stderr,
-        )
+    if settings.is_production:  # it seeds through `fund seed`'s code
+        print(f"fund bench: {PRODUCTION_REFUSAL}", file=sys.stderr)
         return 2
     if args.database is None:
         args.database = "fund_bench_quick" if args.quick else "fund_bench"
