@@ -8,8 +8,8 @@ from typing import Any
 
 import httpx
 
-from fund.audit.schemas import Action, AuditExportQuery, AuditListQuery, ResourceType
-from fund.models import Role
+from fund.audit.schemas import AuditExportQuery, AuditListQuery
+from fund.models import Action, ResourceType, Role
 from fund.users.schemas import UserListQuery
 from tests.conftest import Account
 

@@ -13,8 +13,8 @@ from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy.exc import DBAPIError
 
-from fund.audit.schemas import Action, ResourceType
 from fund.db import alembic_config
+from fund.models import Action, ResourceType
 from tests.ops.processes import FUND, environment_without_fund
 from tests.services import PostgresServer
 

@@ -11,8 +11,8 @@ import orjson
 import pytest
 from sqlalchemy import text
 
-from fund.audit.schemas import Action, ResourceType
 from fund.deps import Resources
+from fund.models import Action, ResourceType
 from tests.conftest import Account
 
 BASE = datetime(2026, 3, 1, 9, 30, 0, 123456, tzinfo=UTC)

@@ -30,13 +30,13 @@ from sqlalchemy.ext.asyncio import (
 
 from fund.audit import repository as audit_repository
 from fund.audit.repository import EXPORT_CHUNK_BYTES, AuditRepository
-from fund.audit.schemas import Action, AuditFilters, ExportFormat, ResourceType
+from fund.audit.schemas import AuditFilters, ExportFormat
 from fund.config import Environment, Settings
 from fund.db import UnitOfWork
 from fund.deps import Resources
 from fund.kit.pagination import Direction, Position
 from fund.main import create_app
-from fund.models import AuditLog, Role
+from fund.models import Action, AuditLog, ResourceType, Role
 from tests.conftest import SECRET, clone_database, drop_database, make_account
 from tests.helpers import prepared_plans, statements_sent
 from tests.services import PostgresServer

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from fund.audit.schemas import Action, ResourceType
+from fund.models import Action, ResourceType
 from tests.services import PostgresServer
 
 INSERT = (

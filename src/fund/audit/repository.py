@@ -25,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql import FromClause
 
-from fund.audit.schemas import Action, AuditFilters, ExportFormat
+from fund.audit.schemas import AuditFilters, ExportFormat
 from fund.db import DriverQuery, Repository, driver_copy, driver_fetch, unescape_copy_text
 from fund.kit.pagination import (
     Keyset,
@@ -33,7 +33,7 @@ from fund.kit.pagination import (
     Position,
     driver_keyset_page,
 )
-from fund.models import AuditLog
+from fund.models import Action, AuditLog
 
 KEYSET = Keyset(AuditLog.timestamp, AuditLog.id)
 EXPORT_CHUNK_BYTES = 256 * 1024

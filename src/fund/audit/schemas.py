@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from fund.kit.params import NO_NUL, PageQuery, QueryModel, WholeNumber
+from fund.models import Action, ResourceType
 
 
 def rfc3339(moment: datetime) -> str:
@@ -27,22 +28,9 @@ def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-class Action(StrEnum):
-    CREATE = "CREATE"
-    UPDATE = "UPDATE"
-    DELETE = "DELETE"
-    LOGIN = "LOGIN"
-    LOGIN_FAILED = "LOGIN_FAILED"
-
-
 class ExportFormat(StrEnum):
     JSONL = "jsonl"
     CSV = "csv"
-
-
-class ResourceType(StrEnum):
-    USER = "user"
-    AUDIT_LOG = "audit_log"
 
 
 class AuditLogRead(BaseModel):

@@ -11,13 +11,13 @@ from typing import Any
 
 from fund.audit import export
 from fund.audit.repository import AuditRepository
-from fund.audit.schemas import Action, AuditFilters, ExportFormat, ResourceType
+from fund.audit.schemas import AuditFilters, ExportFormat
 from fund.db import UnitOfWork
 from fund.errors import ExportsBusy, NotFound
 from fund.kit.pagination import CursorCodec, Page
 from fund.kit.security import TokenSubject
 from fund.kit.slots import NoSlot, Slots
-from fund.models import AuditLog
+from fund.models import Action, AuditLog, ResourceType
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import anyio
 import structlog
 
-from fund.audit.schemas import Action, ResourceType
 from fund.audit.service import Actor, AuditTrail
 from fund.auth.throttle import LoginThrottle
 from fund.db import UnitOfWork
@@ -21,6 +20,7 @@ from fund.kit.security import (
     verify_password_off_loop,
 )
 from fund.kit.text import sign_in_address
+from fund.models import Action, ResourceType
 from fund.users.repository import UserRepository
 from fund.users.schemas import UserRead
 from fund.users.service import UserService

@@ -21,10 +21,10 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from fund.audit.repository import AuditRepository
-from fund.audit.schemas import Action, AuditFilters, ResourceType
+from fund.audit.schemas import AuditFilters
 from fund.db import UnitOfWork, create_sessionmaker, on_statement
 from fund.kit.pagination import Direction, Position, rows_to_read
-from fund.models import Role
+from fund.models import Action, ResourceType, Role
 from fund.users.repository import UserRepository
 from fund.users.schemas import UserFilters
 

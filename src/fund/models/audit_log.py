@@ -3,17 +3,34 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, String, func
 from sqlalchemy.dialects.postgresql import ENUM, INET, JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from fund.audit.schemas import Action, ResourceType
 from fund.models.base import Base
 
 if TYPE_CHECKING:
     from fund.models.user import User
+
+
+class Action(StrEnum):
+    """What an audit entry records (API.md section 4): the enum ``audit_action``."""
+
+    CREATE = "CREATE"
+    UPDATE = "UPDATE"
+    DELETE = "DELETE"
+    LOGIN = "LOGIN"
+    LOGIN_FAILED = "LOGIN_FAILED"
+
+
+class ResourceType(StrEnum):
+    """What an audit entry's change was made to: the enum ``audit_resource_type``."""
+
+    USER = "user"
+    AUDIT_LOG = "audit_log"
 
 
 class AuditLog(Base):

@@ -9,14 +9,13 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from fund.audit.schemas import Action, ResourceType
 from fund.audit.service import Actor, AuditTrail
 from fund.db import UnitOfWork
 from fund.errors import EmailTaken, Forbidden, LastAdmin, NotAuthenticated, NotFound
 from fund.kit.cache import Cache, Found
 from fund.kit.pagination import CursorCodec, Page, PageStart
 from fund.kit.security import hash_password_off_loop
-from fund.models import Role, User
+from fund.models import Action, ResourceType, Role, User
 from fund.users.repository import UserRepository
 from fund.users.schemas import (
     UserCreate,

@@ -1,7 +1,7 @@
 """``audit_logs.action`` and ``resource_type`` become PostgreSQL enums: a closed vocabulary.
 
 An audit trail's actions and resource types are a closed set: the API writes only the labels
-of ``fund.audit.schemas.Action`` and ``ResourceType`` and validates its filters against them.
+of ``fund.models.Action`` and ``ResourceType`` and validates its filters against them.
 As ``varchar COLLATE "C"`` (migration 007) the columns took any text a role that may
 ``INSERT`` cared to write; as the enums ``audit_action`` (``CREATE``, ``UPDATE``, ``DELETE``,
 ``LOGIN``, ``LOGIN_FAILED``) and ``audit_resource_type`` (``user``, ``audit_log``) the
